@@ -1,0 +1,3 @@
+from kblabs.cli import main
+
+raise SystemExit(main())

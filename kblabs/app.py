@@ -1,0 +1,147 @@
+"""Composition: the URL map, the middleware order and the lifespan, in one place.
+
+URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted:
+
+    /health, /ready                    liveness, readiness (kb.ready/1)        public
+    /metrics                           Prometheus text       bearer, or public if configured
+    /observability/describe|health     kb.observability/1                      bearer
+    /openapi.json, /docs               API description (/docs not in production) public
+    /api/v1/health, /api/v1/ready      aliases of /health and /ready           bearer
+    /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
+
+Middleware, outermost first: see kblabs.http.middleware.
+Components start in this order and stop in the reverse:
+    data-dir → store → auth → observability
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from kblabs.auth.admin_token import AdminToken
+from kblabs.auth.middleware import AuthMiddleware, public_paths
+from kblabs.config import Settings
+from kblabs.datadir import ensure_data_dir
+from kblabs.http.errors import ErrorEnvelopeMiddleware, http_exception_handler
+from kblabs.http.middleware import (
+    AccessLogMiddleware,
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+)
+from kblabs.http.openapi import docs, openapi_json
+from kblabs.lifecycle import Lifecycle
+from kblabs.observability import debug, endpoints
+from kblabs.observability.looplag import LoopLagSampler
+from kblabs.observability.metrics import Metrics
+from kblabs.runtime import Runtime
+from kblabs.store import Store
+
+
+class DataDir:
+    name = "data-dir"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def start(self) -> None:
+        ensure_data_dir(self.path)
+
+    async def stop(self) -> None:
+        return None
+
+
+def public_url(settings: Settings) -> str:
+    host = settings.server.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.server.port}"
+
+
+def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
+    store = Store(settings, migrate=migrate)
+    admin_token = AdminToken(settings.data_dir, public_url(settings))
+    loop_lag = LoopLagSampler()
+    lifecycle = Lifecycle([DataDir(settings.data_dir), store, admin_token, loop_lag])
+    metrics = Metrics(loop_lag, lifecycle.health)
+    return Runtime(settings, store, admin_token, loop_lag, lifecycle, metrics)
+
+
+def routes(settings: Settings) -> list[Route]:
+    table = [
+        Route("/health", endpoints.health, methods=["GET"]),
+        Route("/ready", endpoints.ready, methods=["GET"]),
+        Route("/metrics", endpoints.metrics, methods=["GET"]),
+        Route("/observability/describe", endpoints.describe, methods=["GET"]),
+        Route("/observability/health", endpoints.observability_health, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
+        Route("/api/v1/health", endpoints.health, methods=["GET"]),
+        Route("/api/v1/ready", endpoints.ready, methods=["GET"]),
+    ]
+    if not settings.is_production:
+        table.append(Route("/docs", docs, methods=["GET"], include_in_schema=False))
+    if settings.server.debug_routes:
+        table.extend(debug.routes)
+    return table
+
+
+def middleware(settings: Settings, runtime: Runtime, public: frozenset[str]) -> list[Middleware]:
+    stack = [
+        Middleware(RequestContextMiddleware),
+        Middleware(AccessLogMiddleware, metrics=runtime.metrics, operations=runtime.operations),
+        Middleware(SecurityHeadersMiddleware),
+    ]
+    if settings.cors.allow_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors.allow_origins,
+                allow_methods=["*"],
+                allow_headers=["*"],
+                expose_headers=["X-Request-Id", "X-Trace-Id"],
+            )
+        )
+    stack += [
+        Middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes),
+        Middleware(AuthMiddleware, public=public, admin_token=lambda: runtime.admin_token.value),
+        Middleware(ErrorEnvelopeMiddleware),
+    ]
+    return stack
+
+
+def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
+    runtime = build_runtime(settings, migrate=migrate)
+    public = public_paths(
+        production=settings.is_production,
+        public_metrics=settings.observability.public_metrics,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.lifecycle.start()
+        runtime.metrics.restarts.set(runtime.store.restarts)
+        for callback in app.state.on_ready:
+            callback()
+        try:
+            yield
+        finally:
+            await runtime.lifecycle.stop()
+
+    app = Starlette(
+        routes=routes(settings),
+        middleware=middleware(settings, runtime, public),
+        exception_handlers={HTTPException: http_exception_handler},
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.public_paths = public
+    app.state.probe_cache = endpoints._ProbeCache()
+    app.state.on_ready = []  # callables run once every component has started
+    return app

@@ -1,0 +1,138 @@
+"""The validated settings object: everything the process reads from configuration.
+
+Field names are snake_case in Python and camelCase in kb.config.json (aliases). Our own
+sections forbid unknown keys so that a typo is reported instead of silently ignored;
+the top level accepts other sections because plugins own them (`use_config`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+Environment = Literal["development", "production", "test"]
+LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical", "silent"]
+
+LOG_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+    graceful_timeout_ms: int = Field(default=30_000, ge=0)
+    drain_delay_ms: int = Field(default=0, ge=0)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Diagnostic routes under /api/v1/debug (slow and failing requests); admin only.
+    debug_routes: bool = False
+
+
+class StoreSettings(Section):
+    # Default: sqlite+aiosqlite:///<dataDir>/kblabs.db
+    url: str | None = None
+    busy_timeout_ms: int = Field(default=5_000, ge=5_000)
+    echo: bool = False
+
+
+class LoggingSettings(Section):
+    level: LogLevel = "info"
+    format: Literal["auto", "json", "pretty"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _normalise_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return LOG_LEVEL_ALIASES.get(lowered, lowered)
+        return value
+
+
+class ObservabilitySettings(Section):
+    # Serve /metrics without a token (for a scraper on a private network).
+    public_metrics: bool = False
+    service_id: str = "kblabs"
+
+
+class CorsSettings(Section):
+    allow_origins: list[str] = Field(default_factory=list)
+
+
+class PlatformSettings(Section):
+    """The `platform` section; its adapters are interpreted by kblabs.platform."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+    adapters: dict[str, Any] = Field(default_factory=dict)
+    adapter_options: dict[str, Any] = Field(default_factory=dict)
+    execution: dict[str, Any] = Field(default_factory=dict)
+
+
+class Profile(Section):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+    id: str = Field(min_length=1)
+    label: str | None = None
+    description: str | None = None
+    extends: str | None = None
+    products: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    scopes: list[dict[str, Any]] | None = None
+
+
+class FileSettings(Section):
+    """What kb.config.json may contain (after env overrides are applied)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True
+    )
+    env: Environment = "development"
+    data_dir: str | None = None
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    profiles: list[Profile] = Field(default_factory=list)
+
+
+class Settings(BaseModel):
+    """The one settings object handed to every module."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    env: Environment
+    project_root: Path
+    config_file: Path | None
+    data_dir: Path
+    profile: str
+    server: ServerSettings
+    store: StoreSettings
+    logging: LoggingSettings
+    observability: ObservabilitySettings
+    cors: CorsSettings
+    platform: PlatformSettings
+    # products of the active profile, merged along its `extends` chain
+    products: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the whole file after expansion, for sections owned by plugins
+    raw: dict[str, Any] = Field(default_factory=dict)
+    # where each overridden value came from ("env PORT", "--port", a file path)
+    sources: dict[str, str] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def database_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{self.data_dir / 'kblabs.db'}"

@@ -1,0 +1,37 @@
+"""The data dir: created on first start (0700), and checked to be writable."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from kblabs.errors import StartupError
+
+
+def ensure_data_dir(path: Path) -> None:
+    """Create `path` if needed and prove we can write into it; one clear error if not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError("data-dir", f"cannot create data dir {path}: {exc.strerror}") from exc
+    probe = path / f".write-probe-{uuid.uuid4().hex}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            "data-dir",
+            f"data dir {path} is not writable by this user (uid {os.getuid()}): {exc.strerror}",
+        ) from exc
+
+
+def write_secret_file(path: Path, content: str) -> bool:
+    """Write `content` to a new file readable only by us; False if it already exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content + "\n")
+    return True

@@ -1,0 +1,170 @@
+"""The request pipeline, outermost first (wired in kblabs.app):
+
+1. RequestContextMiddleware — X-Request-Id / X-Trace-Id accepted (bounded) or generated,
+   bound into every log line, echoed on the response.
+2. AccessLogMiddleware — one log line per request, HTTP metrics, operation stats.
+3. SecurityHeadersMiddleware — nosniff, frame deny, referrer policy, CSP, HSTS on https.
+4. (CORSMiddleware — only when cors.allowOrigins lists origins.)
+5. BodySizeLimitMiddleware — 413 above server.maxBodyBytes, declared or streamed.
+6. authentication (kblabs.auth.middleware)
+7. ErrorEnvelopeMiddleware (kblabs.http.errors) — every error becomes an envelope.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from loguru import logger
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kblabs.errors import KbError
+from kblabs.http.envelope import STARTED_KEY, error_response
+from kblabs.observability import context
+from kblabs.observability.metrics import Metrics
+from kblabs.observability.operations import OperationStats
+
+ROUTE_KEY = "kb.route"  # a module may set an explicit route template here
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        scope[STARTED_KEY] = time.perf_counter()
+        rid = context.accept_id(_header(scope, b"x-request-id")) or context.new_id()
+        tid = context.accept_id(_header(scope, b"x-trace-id")) or rid
+        rid_token, tid_token = context.request_id.set(rid), context.trace_id.set(tid)
+
+        async def send_with_ids(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-Id"] = rid
+                headers["X-Trace-Id"] = tid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_ids)
+        finally:
+            context.request_id.reset(rid_token)
+            context.trace_id.reset(tid_token)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template, with any mount prefix; never the raw path."""
+    explicit = scope.get(ROUTE_KEY)
+    if explicit:
+        return explicit
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        return "unmatched"
+    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+    return prefix + path
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, operations: OperationStats) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.operations = operations
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def capture_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.active_operations.inc()
+        try:
+            await self.app(scope, receive, capture_status)
+        finally:
+            self.metrics.active_operations.dec()
+            duration_ms = (time.perf_counter() - started) * 1000
+            method, route = scope["method"], route_template(scope)
+            self.metrics.observe_request(method, route, status, duration_ms)
+            self.operations.record_request(f"http {method} {route}", duration_ms, status)
+            logger.bind(
+                module="access", method=method, route=route, status=status,
+                durationMs=round(duration_ms, 3),
+            ).info("{} {} {} {:.1f}ms", method, scope["path"], status, duration_ms)
+
+
+class SecurityHeadersMiddleware:
+    API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+                headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+                headers.setdefault("Content-Security-Policy", self.API_CSP)
+                if scope.get("scheme") == "https":
+                    headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int] | int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self, limit: int) -> KbError:
+        return KbError(
+            "PAYLOAD_TOO_LARGE",
+            f"request body is larger than the limit of {limit} bytes (server.maxBodyBytes)",
+            413,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes() if callable(self.max_bytes) else self.max_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await error_response(scope, self._too_large(limit))(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise self._too_large(limit)
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -1,0 +1,30 @@
+"""What the running process holds: settings, lifecycle, metrics and the core components.
+
+One `Runtime` per app, reachable from handlers as `request.app.state.runtime`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from kblabs.auth.admin_token import AdminToken
+from kblabs.config import Settings
+from kblabs.lifecycle import Lifecycle
+from kblabs.observability.looplag import LoopLagSampler
+from kblabs.observability.metrics import Metrics
+from kblabs.observability.operations import OperationStats
+from kblabs.store import Store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    admin_token: AdminToken
+    loop_lag: LoopLagSampler
+    lifecycle: Lifecycle
+    metrics: Metrics
+    operations: OperationStats = field(default_factory=OperationStats)
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
