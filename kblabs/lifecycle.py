@@ -49,8 +49,10 @@ class Lifecycle:
             try:
                 await component.start()
             except Exception as exc:
-                error = exc if isinstance(exc, StartupError) else StartupError(
-                    component.name, f"{type(exc).__name__}: {exc}"
+                error = (
+                    exc
+                    if isinstance(exc, StartupError)
+                    else StartupError(component.name, f"{type(exc).__name__}: {exc}")
                 )
                 self._fail(component.name, error, exc)
                 for done in reversed(started):

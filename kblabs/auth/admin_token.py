@@ -39,7 +39,9 @@ class AdminToken:
             logger.warning(
                 "first start: admin token written to {} (mode 0600). Use it as "
                 'curl -H "Authorization: Bearer $(cat {})" {}/api/v1/health',
-                self.path, self.path, self.public_url,
+                self.path,
+                self.path,
+                self.public_url,
             )
 
     async def stop(self) -> None:

@@ -152,8 +152,9 @@ def _read_document(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
         document = jsonc.loads(text)
     except jsonc.JsoncError as exc:
         problems.append(
-            ConfigProblem(str(path), "", f"invalid JSON at line {exc.line}, column {exc.column}: "
-                          f"{exc.reason}")
+            ConfigProblem(
+                str(path), "", f"invalid JSON at line {exc.line}, column {exc.column}: {exc.reason}"
+            )
         )
         raise ConfigError(problems) from None
     if not isinstance(document, dict):

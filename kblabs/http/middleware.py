@@ -104,7 +104,10 @@ class AccessLogMiddleware:
             self.metrics.observe_request(method, route, status, duration_ms)
             self.operations.record_request(f"http {method} {route}", duration_ms, status)
             logger.bind(
-                module="access", method=method, route=route, status=status,
+                module="access",
+                method=method,
+                route=route,
+                status=status,
                 durationMs=round(duration_ms, 3),
             ).info("{} {} {} {:.1f}ms", method, scope["path"], status, duration_ms)
 

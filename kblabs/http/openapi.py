@@ -62,9 +62,7 @@ def build_spec(routes: list[BaseRoute], public: frozenset[str]) -> dict[str, Any
         "openapi": "3.1.0",
         "info": {"title": "KB Labs", "version": kblabs.__version__},
         "paths": dict(sorted(paths.items())),
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
-        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
 
 

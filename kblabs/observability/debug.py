@@ -22,8 +22,12 @@ async def sleep(request: Request) -> JSONResponse:
     """Answer after `ms` milliseconds (at most 60 000)."""
     raw = request.query_params.get("ms", "1000")
     if not raw.isdigit() or int(raw) > MAX_SLEEP_MS:
-        raise KbError("VALIDATION_ERROR", f"ms must be an integer 0..{MAX_SLEEP_MS}", 400,
-                      details={"field": "ms"})
+        raise KbError(
+            "VALIDATION_ERROR",
+            f"ms must be an integer 0..{MAX_SLEEP_MS}",
+            400,
+            details={"field": "ms"},
+        )
     await asyncio.sleep(int(raw) / 1000)
     return ok(request, {"sleptMs": int(raw)})
 

@@ -130,5 +130,6 @@ def configure_logging(settings: Settings, level: str | None = None) -> None:
             )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
     for name in ("hypercorn.error", "alembic"):
-        logging.getLogger(name).setLevel(logging.INFO if chosen in ("trace", "debug") else
-                                         logging.WARNING)
+        logging.getLogger(name).setLevel(
+            logging.INFO if chosen in ("trace", "debug") else logging.WARNING
+        )

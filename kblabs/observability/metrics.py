@@ -84,9 +84,7 @@ class Metrics:
         self.cpu_percent = CpuPercent()
         self._gauge("process_rss_bytes", "Resident memory of this process", rss_bytes)
         self._gauge("process_cpu_percent", "CPU use since the previous scrape", self.cpu_percent)
-        self._gauge(
-            "process_event_loop_lag_ms", "Mean event-loop lag over 10 s", loop_lag.mean_ms
-        )
+        self._gauge("process_event_loop_lag_ms", "Mean event-loop lag over 10 s", loop_lag.mean_ms)
         self._gauge(
             "service_health_status",
             "2 healthy, 1 degraded, 0 unhealthy",

@@ -16,9 +16,7 @@ def is_sqlite(url: str) -> bool:
 def create_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False) -> AsyncEngine:
     if not is_sqlite(url):
         return create_async_engine(url, echo=echo, pool_pre_ping=True)
-    engine = create_async_engine(
-        url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000}
-    )
+    engine = create_async_engine(url, echo=echo, connect_args={"timeout": busy_timeout_ms / 1000})
     _configure_sqlite(engine, busy_timeout_ms)
     return engine
 

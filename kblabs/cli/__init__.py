@@ -1,0 +1,77 @@
+"""`python -m kblabs …`: one parser, one exit-code table (kblabs.errors.ExitCode).
+
+Each command group lives in its own module with `register(subparsers)`; the function it
+sets as `handler` takes a CliContext and returns an ExitCode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kblabs.cli import config_cmd, migrate_cmd, serve_cmd, status_cmd, version_cmd
+from kblabs.cli.context import CliContext
+from kblabs.cli.output import Output
+from kblabs.config import ConfigError
+from kblabs.errors import ExitCode
+
+COMMANDS = (serve_cmd, status_cmd, config_cmd, migrate_cmd, version_cmd)
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m kblabs", description="KB Labs platform")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--config", metavar="PATH", help="kb.config.json to use")
+    parser.add_argument("--profile", help="configuration profile (default: KB_PROFILE)")
+    parser.add_argument(
+        "--log-level",
+        choices=["trace", "debug", "info", "warn", "warning", "error", "fatal", "silent"],
+        help="log level (default: KB_LOG_LEVEL or the config)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+    for module in COMMANDS:
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    output = Output(as_json="--json" in argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        output.failure(str(exc), code="USAGE")
+        return ExitCode.USAGE
+    except SystemExit as exc:  # --help / --version printed and exited
+        return int(exc.code or 0)
+    output = Output(as_json=args.json)
+    context = CliContext(args=args, output=output)
+    try:
+        return int(args.handler(context))
+    except ConfigError as exc:
+        report_config_problems(output, exc)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        output.failure("interrupted", code="INTERRUPTED")
+        return ExitCode.INTERRUPTED
+
+
+def report_config_problems(output: Output, exc: ConfigError) -> None:
+    problems = [p.to_dict() for p in exc.problems]
+    if output.as_json:
+        output.failure(
+            f"{len(problems)} configuration problem(s)", code="CONFIG_INVALID", problems=problems
+        )
+        return
+    for problem in exc.problems:
+        output.errors.print(f"[red]config error:[/red] {problem}", markup=True)

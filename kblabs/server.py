@@ -1,0 +1,130 @@
+"""Running the app under Hypercorn: binding, signals, graceful drain, sd_notify.
+
+SIGTERM or SIGINT: /ready flips to 503, systemd hears STOPPING=1, after the optional
+drain delay the listening sockets close (new connections are refused), in-flight
+requests get up to the graceful timeout, then components stop in reverse order.
+A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import LifespanFailureError, wrap_app
+from loguru import logger
+
+from kblabs.app import create_app, public_url
+from kblabs.config import Settings
+from kblabs.errors import ExitCode
+from kblabs.sdnotify import notify
+
+
+class BindError(Exception):
+    pass
+
+
+def hypercorn_config(settings: Settings, bind: str | None) -> Config:
+    config = Config()
+    config.bind = [bind or _host_port(settings)]
+    config.graceful_timeout = settings.server.graceful_timeout_ms / 1000
+    config.startup_timeout = 600  # first start may run long migrations
+    config.shutdown_timeout = 300  # components drain their own work (bounded by them)
+    config.accesslog = None  # kblabs.http.middleware logs each request
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 5
+    return config
+
+
+def _host_port(settings: Settings) -> str:
+    host = settings.server.host
+    return f"[{host}]:{settings.server.port}" if ":" in host else f"{host}:{settings.server.port}"
+
+
+def bind_sockets(config: Config) -> Sockets:
+    """Bind (or adopt fd://N) and listen now, so connections queue during startup."""
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        where = ", ".join(config.bind)
+        if exc.errno == errno.EADDRINUSE:
+            raise BindError(
+                f"{where} is already in use (another kblabs or another program); "
+                "stop it or choose another --port"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise BindError(f"not allowed to bind {where} (ports below 1024 need root)") from exc
+        if exc.errno == errno.EBADF:
+            raise BindError(f"{where}: no such file descriptor was passed in") from exc
+        raise BindError(f"cannot bind {where}: {exc.strerror or exc}") from exc
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+    return sockets
+
+
+def serve(settings: Settings, *, migrate: bool = True, bind: str | None = None) -> ExitCode:
+    config = hypercorn_config(settings, bind)
+    try:
+        sockets = bind_sockets(config)
+    except BindError as exc:
+        logger.error("cannot start: {}", exc)
+        return ExitCode.FAILURE
+    app = create_app(settings, migrate=migrate)
+    address = public_url(settings) if bind is None else bind
+
+    def on_ready() -> None:
+        notify("READY=1")
+        logger.info(
+            "kblabs ready on {} (env {}, data {})", address, settings.env, settings.data_dir
+        )
+
+    app.state.on_ready.append(on_ready)
+    return asyncio.run(_serve(app, config, sockets, settings))
+
+
+async def _serve(app, config: Config, sockets: Sockets, settings: Settings) -> ExitCode:
+    runtime = app.state.runtime
+    stop_requested = asyncio.Event()
+    serving = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop_requested.is_set():
+            logger.warning("second {}: stopping without waiting", signal.Signals(signum).name)
+            if serving is not None:
+                serving.cancel()
+            return
+        logger.info("{} received: draining", signal.Signals(signum).name)
+        stop_requested.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    async def shutdown_trigger() -> None:
+        await stop_requested.wait()
+        runtime.lifecycle.begin_draining()
+        notify("STOPPING=1")
+        await asyncio.sleep(settings.server.drain_delay_ms / 1000)
+
+    try:
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=sockets,
+            shutdown_trigger=shutdown_trigger,
+        )
+    except LifespanFailureError:
+        error = runtime.lifecycle.startup_error
+        logger.error("cannot start: {}", error or "startup failed")
+        return ExitCode.FAILURE
+    except asyncio.CancelledError:
+        return ExitCode.FAILURE
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    logger.info("stopped cleanly")
+    return ExitCode.OK
