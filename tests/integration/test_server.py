@@ -1,0 +1,166 @@
+"""A real `python -m kblabs serve` process: readiness, drain, crash, clear start errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sqlite3
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.live
+
+
+def metric_value(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers=server.auth, timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+def test_starts_on_embedded_defaults_and_status_reports_ready(live_server_factory, project):
+    server = live_server_factory().start()
+    assert not (project / "kb.config.json").exists()
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["ready"] is True
+    status = run_cli("--json", "status", "--url", server.url, project=project)
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["status"] == "ready"
+    assert (server.data_dir / "admin.token").stat().st_mode & 0o777 == 0o600
+    assert server.stop() == 0
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(live_server_factory):
+    server = live_server_factory(KB_DEBUG_ROUTES="1").start()
+
+    async def scenario() -> tuple[list[int], float, bool]:
+        limits = httpx.Limits(max_connections=60)
+        async with httpx.AsyncClient(limits=limits, timeout=20) as client:
+            requests = [
+                asyncio.create_task(
+                    client.get(f"{server.url}/api/v1/debug/sleep?ms=1000", headers=server.auth)
+                )
+                for _ in range(50)
+            ]
+            deadline = time.monotonic() + 10
+            while metric_value(server, "service_active_operations") < 51:  # 50 + this scrape
+                assert time.monotonic() < deadline, "requests never became in flight"
+                await asyncio.sleep(0.02)
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            refused = False
+            while not refused and time.monotonic() - signalled < 0.8:
+                refused = refuses_connections(server.port)
+                await asyncio.sleep(0.02)
+            statuses = [(await r).status_code for r in requests]
+            return statuses, signalled, refused
+
+    statuses, signalled, refused = asyncio.run(scenario())
+    assert statuses == [200] * 50
+    assert refused, "new connections were still accepted after SIGTERM"
+    assert server.process.wait(timeout=30) == 0
+    assert time.monotonic() - signalled < 30
+
+
+def test_ready_turns_503_during_the_drain_delay(live_server_factory):
+    server = live_server_factory("--drain-delay", "2").start()
+    server.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 1.5
+    status = None
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{server.url}/ready", timeout=1).status_code
+        if status == 503:
+            break
+        time.sleep(0.05)
+    assert status == 503
+    assert server.process.wait(timeout=20) == 0
+
+
+def test_sigkill_then_restart_keeps_the_database_sound(live_server_factory):
+    first = live_server_factory().start()
+    assert metric_value(first, "service_restarts_total") == 0
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(timeout=10)
+
+    second = live_server_factory().start()
+    assert metric_value(second, "service_restarts_total") == 1
+    database = second.data_dir / "kblabs.db"
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert second.stop() == 0
+
+
+def test_port_in_use_is_one_clear_line(live_server_factory):
+    first = live_server_factory().start()
+    clash = live_server_factory()
+    clash.port = first.port
+    clash.start(wait=False)
+    assert clash.process.wait(timeout=30) == 1
+    assert "already in use" in clash.log()
+    assert "Traceback" not in clash.log()
+
+
+def test_data_dir_that_cannot_be_created_is_reported(live_server_factory, project):
+    blocker = project / "not-a-dir"
+    blocker.write_text("")
+    server = live_server_factory(KB_DATA_DIR=str(blocker / "data"))
+    server.start(wait=False)
+    assert server.process.wait(timeout=30) == 1
+    log = server.log()
+    assert "data-dir" in log and "cannot create data dir" in log
+    assert "Traceback" not in log
+
+
+def test_database_newer_than_code_names_the_component(live_server_factory, project):
+    assert run_cli("migrate", "upgrade", project=project).returncode == 0
+    with sqlite3.connect(project / ".kb" / "kblabs.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'ffff_future'")
+    server = live_server_factory()
+    server.start(wait=False)
+    assert server.process.wait(timeout=30) == 1
+    log = server.log()
+    assert "store" in log and "newer than this code" in log
+    assert "Traceback" not in log
+
+
+def test_locked_database_is_reported(live_server_factory, project):
+    assert run_cli("migrate", "upgrade", project=project).returncode == 0
+    holder = sqlite3.connect(project / ".kb" / "kblabs.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        server = live_server_factory()
+        server.start(wait=False)
+        assert server.process.wait(timeout=40) == 1
+    finally:
+        holder.close()
+    log = server.log()
+    assert "is locked by another process" in log
+    assert "Traceback" not in log
+
+
+def test_status_wait_until_ready(live_server_factory, project):
+    server = live_server_factory()
+    server.start(wait=False)
+    result = run_cli("status", "--url", server.url, "--wait", "--timeout", "30", project=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert server.stop() == 0
+    after = run_cli("status", "--url", server.url, project=project)
+    assert after.returncode == 4
