@@ -93,7 +93,7 @@ def run_history(ctx: CliContext) -> ExitCode:
 
     def human(console) -> None:
         for rev in revisions:
-            console.print(f"{rev['revision']:24} {rev['message'].splitlines()[0]}")
+            console.print(f"{rev['revision']:24} {(rev['message'] or '').splitlines()[0]}")
 
     ctx.output.result({"ok": True, "revisions": revisions}, human)
     return ExitCode.OK
@@ -107,8 +107,9 @@ def run_upgrade(ctx: CliContext) -> ExitCode:
     from kblabs.store.engine import create_engine
 
     async def upgrade() -> tuple:
-        if _sqlite_file(settings) is not None:
-            ensure_data_dir(_sqlite_file(settings).parent)
+        sqlite_file = _sqlite_file(settings)
+        if sqlite_file is not None:
+            ensure_data_dir(sqlite_file.parent)
         engine = create_engine(
             settings.database_url, busy_timeout_ms=settings.store.busy_timeout_ms
         )

@@ -10,7 +10,7 @@ from kblabs.config.settings import Profile
 
 def check_profiles(profiles: list[Profile], source: str) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
-    index = {}
+    index: dict[str, int] = {}
     for i, profile in enumerate(profiles):
         if profile.id in index:
             problems.append(

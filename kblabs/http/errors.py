@@ -5,8 +5,6 @@ Stack traces go to the log with the request id, never into a response body.
 
 from __future__ import annotations
 
-from typing import Any
-
 from loguru import logger
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -62,17 +60,17 @@ class ErrorEnvelopeMiddleware:
             await self.app(scope, receive, tracking_send)
         except ClientDisconnect:
             return
-        except KbError as error:
+        except KbError as known:
             if not response_started:
-                await error_response(scope, error)(scope, receive, send)
+                await error_response(scope, known)(scope, receive, send)
         except Exception as exc:
             _log_internal(scope, exc)
             if not response_started:
-                error = KbError("INTERNAL_ERROR", "internal error; see the server log", 500)
-                await error_response(scope, error)(scope, receive, send)
+                internal = KbError("INTERNAL_ERROR", "internal error; see the server log", 500)
+                await error_response(scope, internal)(scope, receive, send)
 
 
-def _log_internal(scope: dict[str, Any], exc: Exception) -> None:
+def _log_internal(scope: Scope, exc: Exception) -> None:
     logger.opt(exception=exc).error(
         "unhandled {} on {} {}", type(exc).__name__, scope.get("method"), scope.get("path")
     )

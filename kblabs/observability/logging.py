@@ -12,12 +12,15 @@ import logging
 import re
 import sys
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from kblabs.config import Settings
 from kblabs.observability import context
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 _SECRET_PATTERNS = (
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]+"), "Bearer [REDACTED]"),
@@ -46,7 +49,7 @@ def redact_text(text: str) -> str:
     return text
 
 
-def _patch(record: dict[str, Any]) -> None:
+def _patch(record: Record) -> None:
     record["message"] = redact_text(record["message"])
     extra = record["extra"]
     rid, tid = context.request_id.get(), context.trace_id.get()
@@ -81,7 +84,7 @@ def _format_exception(exception: Any) -> list[str]:
     return traceback.format_exception(exception.type, exception.value, exception.traceback)
 
 
-def _pretty_format(record: dict[str, Any]) -> str:
+def _pretty_format(record: Record) -> str:
     ids = ""
     if record["extra"].get("requestId"):
         ids = " <dim>[{extra[requestId]}]</dim>"

@@ -45,12 +45,13 @@ class CpuPercent:
     def __init__(self) -> None:
         self._last_wall = time.monotonic()
         self._last_cpu = time.process_time()
+        self._last_value = 0.0
 
     def __call__(self) -> float:
         wall, cpu = time.monotonic(), time.process_time()
         elapsed = wall - self._last_wall
         if elapsed < 0.05:
-            return self._last_value if hasattr(self, "_last_value") else 0.0
+            return self._last_value
         value = max(0.0, (cpu - self._last_cpu) / elapsed * 100)
         self._last_wall, self._last_cpu, self._last_value = wall, cpu, value
         return value
