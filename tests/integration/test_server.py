@@ -164,3 +164,20 @@ def test_status_wait_until_ready(live_server_factory, project):
     assert server.stop() == 0
     after = run_cli("status", "--url", server.url, project=project)
     assert after.returncode == 4
+
+
+def test_production_logs_are_json_lines_with_ids_and_no_secrets(live_server_factory):
+    server = live_server_factory(KB_ENV="production").start()
+    httpx.get(
+        f"{server.url}/health?access_token=supersecret-1",
+        headers={"X-Request-Id": "req-42", "Authorization": "Bearer supersecret-2"},
+    )
+    assert httpx.get(f"{server.url}/docs").status_code == 401  # no /docs in production
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    access = [line for line in lines if line.get("module") == "access"]
+    health = next(line for line in access if line.get("route") == "/health")
+    assert health["requestId"] == "req-42"
+    assert health["status"] == 200 and health["method"] == "GET"
+    assert "durationMs" in health and health["serviceId"] == "kblabs"
+    assert "supersecret" not in server.log()

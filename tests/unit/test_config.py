@@ -194,3 +194,13 @@ def test_node_env_is_the_fallback_for_kb_env(project):
     assert not load_settings(
         environ=base_env(project, NODE_ENV="production", KB_ENV="development")
     ).is_production
+
+
+def test_log_redaction_hides_tokens():
+    from kblabs.observability.logging import redact_text
+
+    text = redact_text(
+        "GET /x?access_token=abc123&b=1 Authorization: Bearer eyJ.x.y password=hunter2"
+    )
+    assert "abc123" not in text and "eyJ" not in text and "hunter2" not in text
+    assert "b=1" in text
