@@ -27,20 +27,46 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="python -m kblabs", description="KB Labs platform")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--config", metavar="PATH", help="kb.config.json to use")
-    parser.add_argument("--profile", help="configuration profile (default: KB_PROFILE)")
+LOG_LEVELS = ["trace", "debug", "info", "warn", "warning", "error", "fatal", "silent"]
+
+
+def add_global_flags(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """The global flags. Sub-commands get them too (default SUPPRESS, so a flag given
+    before the command is kept), so `status --json` works like `--json status`."""
+    parser.add_argument(
+        "--json", action="store_true", default=default or False, help="print one JSON object"
+    )
+    parser.add_argument("--config", metavar="PATH", default=default, help="kb.config.json to use")
+    parser.add_argument(
+        "--profile", default=default, help="configuration profile (default: KB_PROFILE)"
+    )
     parser.add_argument(
         "--log-level",
-        choices=["trace", "debug", "info", "warn", "warning", "error", "fatal", "silent"],
+        choices=LOG_LEVELS,
+        default=default,
         help="log level (default: KB_LOG_LEVEL or the config)",
     )
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        yield parser
+    for action in nested:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(child)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m kblabs", description="KB Labs platform")
+    add_global_flags(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     for module in COMMANDS:
         module.register(commands)
+    for leaf in _leaf_parsers(parser):
+        if leaf is not parser:
+            add_global_flags(leaf, default=argparse.SUPPRESS)
     return parser
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from kblabs.cli.context import CliContext
 from kblabs.config import Settings
-from kblabs.config.secrets import redact
+from kblabs.config.secrets import redact, redact_url_password
 from kblabs.errors import ExitCode
 
 
@@ -79,9 +79,7 @@ def run_path(ctx: CliContext) -> ExitCode:
         "configFile": str(settings.config_file) if settings.config_file else None,
         "dotenv": str(dotenv) if dotenv.is_file() else None,
         "dataDir": str(settings.data_dir),
-        "database": redact({"url": settings.database_url})["url"]
-        if "@" in settings.database_url
-        else settings.database_url,
+        "database": redact_url_password(settings.database_url),
     }
 
     def human(console) -> None:

@@ -13,6 +13,9 @@ _REDACT_WORDS = ("apikey", "secret", "password", "token", "key", "credentials", 
 # redaction list: "key" alone would catch harmless names such as "keyPrefix".
 _SECRET_WORDS = ("apikey", "secret", "password", "passwd", "token", "credentials", "privatekey")
 
+# scheme://user:password@host → the password part
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
+
 _ONLY_REFERENCES = re.compile(r"^(\s*\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}\s*)+$")
 
 
@@ -30,8 +33,13 @@ def is_secret_key(key: str) -> bool:
     return any(word in norm for word in _SECRET_WORDS)
 
 
+def redact_url_password(text: str) -> str:
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+
+
 def redact(value: Any, path: str = "", found: list[str] | None = None) -> Any:
-    """Copy of `value` with secret-looking string values replaced; `found` gets the paths."""
+    """Copy of `value` with secret-looking string values replaced (and passwords inside
+    URLs masked); `found` gets the paths."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
@@ -45,6 +53,11 @@ def redact(value: Any, path: str = "", found: list[str] | None = None) -> Any:
         return out
     if isinstance(value, list):
         return [redact(item, f"{path}[{i}]", found) for i, item in enumerate(value)]
+    if isinstance(value, str) and "://" in value:
+        masked = redact_url_password(value)
+        if masked != value and found is not None:
+            found.append(path)
+        return masked
     return value
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from loguru import logger
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -105,8 +106,6 @@ class Store:
         return f"database {where}: {message.splitlines()[0] if message else type(exc).__name__}"
 
     def _display_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
         url = make_url(self.url)
         return url.database or "" if is_sqlite(self.url) else url.render_as_string(True)
 

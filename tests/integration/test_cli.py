@@ -98,3 +98,9 @@ def test_version(project):
     result = run_cli("--json", "version", project=project)
     assert result.returncode == 0
     assert json.loads(result.stdout)["version"]
+
+
+def test_global_flags_work_after_the_command_too(project):
+    result = run_cli("status", "--url", "http://127.0.0.1:9", "--json", project=project)
+    assert result.returncode == 4
+    assert json.loads(result.stdout)["error"]["code"] == "UNREACHABLE"

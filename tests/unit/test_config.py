@@ -204,3 +204,11 @@ def test_log_redaction_hides_tokens():
     )
     assert "abc123" not in text and "eyJ" not in text and "hunter2" not in text
     assert "b=1" in text
+
+
+def test_passwords_inside_urls_are_redacted():
+    found: list[str] = []
+    shown = redact({"store": {"url": "postgresql+asyncpg://kb:s3cr3t@db/kb"}}, found=found)
+    assert shown["store"]["url"] == f"postgresql+asyncpg://kb:{REDACTED}@db/kb"
+    assert found == ["store.url"]
+    assert redact({"u": "https://example.org/a:b@c"}) == {"u": "https://example.org/a:b@c"}
