@@ -9,9 +9,10 @@ from loguru import logger
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from kblabs.errors import KbError
+from kblabs.http.asgi import HttpMiddleware
 from kblabs.http.envelope import error_response
 
 _HTTP_CODES = {
@@ -38,16 +39,10 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     return error_response(request.scope, error)
 
 
-class ErrorEnvelopeMiddleware:
+class ErrorEnvelopeMiddleware(HttpMiddleware):
     """Innermost of our middleware: catches what handlers raise."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         response_started = False
 
         async def tracking_send(message: Message) -> None:

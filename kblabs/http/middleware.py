@@ -20,6 +20,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kblabs.errors import KbError
+from kblabs.http.asgi import HttpMiddleware
 from kblabs.http.envelope import STARTED_KEY, error_response
 from kblabs.observability import context
 from kblabs.observability.metrics import Metrics
@@ -36,6 +37,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
+    """HTTP and WebSocket: both get ids."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -75,16 +78,13 @@ def route_template(scope: Scope) -> str:
     return prefix + path
 
 
-class AccessLogMiddleware:
+class AccessLogMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp, metrics: Metrics, operations: OperationStats) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self.operations = operations
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 500
         started = time.perf_counter()
 
@@ -112,16 +112,10 @@ class AccessLogMiddleware:
             ).info("{} {} {} {:.1f}ms", method, scope["path"], status, duration_ms)
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(HttpMiddleware):
     API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -138,9 +132,9 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp, max_bytes: Callable[[], int] | int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
     def _too_large(self, limit: int) -> KbError:
@@ -150,10 +144,7 @@ class BodySizeLimitMiddleware:
             413,
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_bytes() if callable(self.max_bytes) else self.max_bytes
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
