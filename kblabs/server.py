@@ -66,6 +66,16 @@ def bind_sockets(config: Config) -> Sockets:
     return sockets
 
 
+def listening_address(sockets: Sockets) -> str | None:
+    for sock in sockets.insecure_sockets:
+        name = sock.getsockname()
+        if isinstance(name, tuple):
+            host = f"[{name[0]}]" if ":" in name[0] else name[0]
+            return f"http://{host}:{name[1]}"
+        return f"unix:{name}"
+    return None
+
+
 def serve(settings: Settings, *, migrate: bool = True, bind: str | None = None) -> ExitCode:
     config = hypercorn_config(settings, bind)
     try:
@@ -74,7 +84,7 @@ def serve(settings: Settings, *, migrate: bool = True, bind: str | None = None) 
         logger.error("cannot start: {}", exc)
         return ExitCode.FAILURE
     app = create_app(settings, migrate=migrate)
-    address = public_url(settings) if bind is None else bind
+    address = listening_address(sockets) or public_url(settings)
 
     def on_ready() -> None:
         notify("READY=1")

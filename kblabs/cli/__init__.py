@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version printed and exited
         return int(exc.code or 0)
     output = Output(as_json=args.json)
-    context = CliContext(args=args, output=output)
+    context = CliContext(args=args, output=output, argv=list(argv))
     try:
         return int(args.handler(context))
     except ConfigError as exc:

@@ -17,6 +17,7 @@ class CliContext:
     args: argparse.Namespace
     output: Output
     overrides: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)  # as given, for re-running the command
 
     def settings(self) -> Settings:
         """Load settings; a ConfigError propagates to main, which reports it (exit 2)."""

@@ -16,7 +16,12 @@ def register(commands) -> None:
         help="listen on an inherited socket (systemd socket activation), instead of --host/--port",
     )
     parser.add_argument(
-        "--dev", action="store_true", help="development mode: debug logging and diagnostic routes"
+        "--dev",
+        action="store_true",
+        help="development mode: debug logging, diagnostic routes, restart on file changes",
+    )
+    parser.add_argument(
+        "--no-reload", action="store_true", help="with --dev: do not restart on file changes"
     )
     parser.add_argument(
         "--no-migrate",
@@ -75,4 +80,8 @@ def run(ctx: CliContext) -> ExitCode:
 
     for warning in settings.warnings:
         logger.warning("config: {}", warning)
+    if args.dev and not args.no_reload and not args.bind:
+        from kblabs.devreload import run_with_reload
+
+        return run_with_reload(settings, [*ctx.argv, "--no-reload"])
     return serve(settings, migrate=not args.no_migrate, bind=args.bind)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -181,3 +183,33 @@ def test_production_logs_are_json_lines_with_ids_and_no_secrets(live_server_fact
     assert health["status"] == 200 and health["method"] == "GET"
     assert "durationMs" in health and health["serviceId"] == "kblabs"
     assert "supersecret" not in server.log()
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_dev_mode_restarts_on_config_change(live_server_factory, project):
+    config = project / "kb.config.json"
+    config.write_text("{}")
+    server = live_server_factory("--dev").start()
+    describe = f"{server.url}/observability/describe"
+    first = httpx.get(describe, headers=server.auth).json()["instanceId"]
+    config.write_text('{"server": {"drainDelayMs": 0}}')
+    deadline = time.monotonic() + 30
+    second = first
+    while second == first and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            second = httpx.get(describe, headers=server.auth, timeout=2).json()["instanceId"]
+        time.sleep(0.1)
+    assert second != first, server.log()
+    assert server.stop() == 0
+    assert _processes_with(f"--port\x00{server.port}\x00") == []
