@@ -10,8 +10,10 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
 Middleware, outermost first: see kblabs.http.middleware.
-Components start in this order and stop in the reverse:
-    data-dir → store → auth → observability
+Components start in this order and stop in the reverse (each is named in /ready):
+    data-dir → store → auth → loop-lag-sampler
+Later modules slot in after the store as ARCHITECTURE §2 orders them: adapters → state
+broker → plugin registry → workflow workers and scheduler.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from kblabs.http.openapi import docs, openapi_json
 from kblabs.lifecycle import Lifecycle
 from kblabs.observability import debug, endpoints
 from kblabs.observability.looplag import LoopLagSampler
-from kblabs.observability.metrics import Metrics
+from kblabs.observability.metrics import CpuPercent, Metrics
 from kblabs.runtime import Runtime
 from kblabs.store import Store
 
@@ -143,5 +145,6 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     app.state.runtime = runtime
     app.state.public_paths = public
     app.state.probe_cache = endpoints._ProbeCache()
+    app.state.health_cpu = CpuPercent()  # its own window: /metrics scrapes keep theirs
     app.state.on_ready = []  # callables run once every component has started
     return app

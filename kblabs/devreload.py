@@ -19,7 +19,7 @@ from loguru import logger
 import kblabs
 from kblabs.config import Settings
 from kblabs.errors import ExitCode
-from kblabs.server import BindError, bind_sockets, hypercorn_config
+from kblabs.server import BindError, ServeOutcome, bind_sockets, failed, hypercorn_config
 
 POLL_INTERVAL_S = 0.5
 CONFIG_NAMES = (
@@ -45,12 +45,11 @@ def watched_files(settings: Settings) -> dict[Path, float]:
     return stamps
 
 
-def run_with_reload(settings: Settings, child_args: list[str]) -> ExitCode:
+def run_with_reload(settings: Settings, child_args: list[str]) -> ServeOutcome:
     try:
         sockets = bind_sockets(hypercorn_config(settings, None))
     except BindError as exc:
-        logger.error("cannot start: {}", exc)
-        return ExitCode.FAILURE
+        return failed(str(exc))
     listener = sockets.insecure_sockets[0]
     stop = {"signal": 0}
 
@@ -76,7 +75,9 @@ def run_with_reload(settings: Settings, child_args: list[str]) -> ExitCode:
             logger.warning("server exited {}; waiting for a change", child.returncode)
             child.reported = True  # type: ignore[attr-defined]
     code = _stop(child, settings)
-    return ExitCode.OK if code in (0, None) else ExitCode.FAILURE
+    if code in (0, None):
+        return ServeOutcome(ExitCode.OK)
+    return ServeOutcome(ExitCode.FAILURE, f"the server exited {code}")
 
 
 def _spawn(command: list[str], fd: int) -> subprocess.Popen:

@@ -1,7 +1,8 @@
 """Starting and stopping the process's components in a fixed order, and readiness.
 
-Order (ARCHITECTURE §2): store → adapters → state broker → plugin registry → workflow
-workers and scheduler. Shutdown is the reverse and starts by flipping /ready to 503.
+The order is given by kblabs.app (ARCHITECTURE §2: store → adapters → state broker →
+plugin registry → workflow workers and scheduler). Shutdown is the reverse and starts
+by flipping /ready to 503.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import logging
 import signal
+from dataclasses import dataclass
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
@@ -76,15 +77,26 @@ def listening_address(sockets: Sockets) -> str | None:
     return None
 
 
-def serve(settings: Settings, *, migrate: bool = True, bind: str | None = None) -> ExitCode:
+@dataclass(frozen=True)
+class ServeOutcome:
+    code: ExitCode
+    error: str | None = None  # the one line that says why the server could not start
+
+
+def failed(message: str) -> ServeOutcome:
+    logger.error("cannot start: {}", message)
+    return ServeOutcome(ExitCode.FAILURE, message)
+
+
+def serve(settings: Settings, *, migrate: bool = True, bind: str | None = None) -> ServeOutcome:
     config = hypercorn_config(settings, bind)
     try:
         sockets = bind_sockets(config)
     except BindError as exc:
-        logger.error("cannot start: {}", exc)
-        return ExitCode.FAILURE
+        return failed(str(exc))
     app = create_app(settings, migrate=migrate)
     address = listening_address(sockets) or public_url(settings)
+    app.state.runtime.admin_token.public_url = address
 
     def on_ready() -> None:
         notify("READY=1")
@@ -96,7 +108,16 @@ def serve(settings: Settings, *, migrate: bool = True, bind: str | None = None) 
     return asyncio.run(_serve(app, config, sockets, settings))
 
 
-async def _serve(app, config: Config, sockets: Sockets, settings: Settings) -> ExitCode:
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Connections cut at the graceful timeout end in CancelledError, which Python 3.11's
+    stream callbacks report as an error with a traceback; it is expected, so say less."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        logger.warning("a connection was cut off while stopping (graceful timeout reached)")
+        return
+    loop.default_exception_handler(context)
+
+
+async def _serve(app, config: Config, sockets: Sockets, settings: Settings) -> ServeOutcome:
     runtime = app.state.runtime
     stop_requested = asyncio.Event()
     serving = asyncio.current_task()
@@ -113,6 +134,7 @@ async def _serve(app, config: Config, sockets: Sockets, settings: Settings) -> E
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.set_exception_handler(_quiet_cancellations)
 
     async def shutdown_trigger() -> None:
         await stop_requested.wait()
@@ -128,13 +150,11 @@ async def _serve(app, config: Config, sockets: Sockets, settings: Settings) -> E
             shutdown_trigger=shutdown_trigger,
         )
     except LifespanFailureError:
-        error = runtime.lifecycle.startup_error
-        logger.error("cannot start: {}", error or "startup failed")
-        return ExitCode.FAILURE
+        return failed(str(runtime.lifecycle.startup_error or "startup failed"))
     except asyncio.CancelledError:
-        return ExitCode.FAILURE
+        return ServeOutcome(ExitCode.FAILURE, "stopped by a second signal without draining")
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     logger.info("stopped cleanly")
-    return ExitCode.OK
+    return ServeOutcome(ExitCode.OK)

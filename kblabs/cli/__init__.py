@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-LOG_LEVELS = ["trace", "debug", "info", "warn", "warning", "error", "fatal", "silent"]
+LOG_LEVELS = ["trace", "debug", "info", "warn", "warning", "error", "critical", "fatal", "silent"]
 
 
 def add_global_flags(parser: argparse.ArgumentParser, default: object = None) -> None:

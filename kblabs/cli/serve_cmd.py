@@ -13,7 +13,8 @@ def register(commands) -> None:
     parser.add_argument(
         "--bind",
         metavar="fd://N",
-        help="listen on an inherited socket (systemd socket activation), instead of --host/--port",
+        help="listen on an inherited socket (fd://N, systemd socket activation) or a Unix "
+        "socket (unix:PATH), instead of --host/--port",
     )
     parser.add_argument(
         "--dev",
@@ -83,5 +84,12 @@ def run(ctx: CliContext) -> ExitCode:
     if args.dev and not args.no_reload and not args.bind:
         from kblabs.devreload import run_with_reload
 
-        return run_with_reload(settings, [*ctx.argv, "--no-reload"])
-    return serve(settings, migrate=not args.no_migrate, bind=args.bind)
+        outcome = run_with_reload(settings, [*ctx.argv, "--no-reload"])
+    else:
+        outcome = serve(settings, migrate=not args.no_migrate, bind=args.bind)
+    if args.json:  # the log lines went to stderr; stdout gets the one result object
+        if outcome.error:
+            ctx.output.failure(outcome.error, code="START_FAILED", exitCode=int(outcome.code))
+        else:
+            ctx.output.result({"ok": True, "exitCode": int(outcome.code)}, lambda c: None)
+    return outcome.code

@@ -24,9 +24,9 @@ def register(commands) -> None:
 def server_url(ctx: CliContext) -> str:
     if ctx.args.url:
         return ctx.args.url.rstrip("/")
+    settings = ctx.settings()  # also exports the project's .env
     if os.environ.get("KB_GATEWAY_URL"):
         return os.environ["KB_GATEWAY_URL"].rstrip("/")
-    settings = ctx.settings()
     host = settings.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
@@ -34,12 +34,17 @@ def server_url(ctx: CliContext) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
+NO_ANSWER = 0  # connected, but no answer in time: a server that is still starting up
+
+
 def probe(url: str) -> tuple[int | None, dict, str]:
-    """(HTTP status or None when unreachable, body, error text)."""
+    """(HTTP status, NO_ANSWER, or None when unreachable; body; error text)."""
     import httpx
 
     try:
         response = httpx.get(f"{url}/ready", timeout=5.0)
+    except (httpx.ReadTimeout, httpx.RemoteProtocolError) as exc:
+        return NO_ANSWER, {}, f"connected but no answer ({type(exc).__name__}); starting up?"
     except httpx.HTTPError as exc:
         return None, {}, f"{type(exc).__name__}: {exc}"
     try:
@@ -61,6 +66,9 @@ def run(ctx: CliContext) -> ExitCode:
     if status is None:
         ctx.output.failure(f"cannot reach {url}: {error}", code="UNREACHABLE", url=url)
         return ExitCode.UNREACHABLE
+    if status == NO_ANSWER:
+        ctx.output.failure(f"{url}: {error}", code="NOT_READY", url=url)
+        return ExitCode.NOT_READY
     payload = {"ok": ready, "url": url, "httpStatus": status, **body}
     ctx.output.result(payload, lambda console: _print(console, url, status, body))
     return ExitCode.OK if ready else ExitCode.NOT_READY

@@ -27,10 +27,10 @@ def expand(
 
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
+            if default is not None and not environ.get(name):
+                return default  # like the shell's ${VAR:-default}: unset or empty
             if name in environ:
                 return environ[name]
-            if default is not None:
-                return default
             unresolved.append((path, name))
             return match.group(0)
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from kblabs.config import jsonc
 from kblabs.config.discovery import ROOT_VARIABLES, find_project_root, root_for_explicit_file
@@ -21,7 +23,7 @@ from kblabs.config.expand import expand
 from kblabs.config.problems import ConfigError, ConfigProblem
 from kblabs.config.profiles import check_profiles, resolve_products
 from kblabs.config.secrets import literal_secrets
-from kblabs.config.settings import FileSettings, Settings
+from kblabs.config.settings import FileSettings, Profile, Settings
 
 # Environment variables → JSON path in the config document. The first set name wins.
 ENV_OVERRIDES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -38,15 +40,21 @@ ENV_OVERRIDES: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+def dotenv_only(project_root: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The project's .env values that the environment does not already set."""
+    dotenv_file = project_root / ".env"
+    if not dotenv_file.is_file():
+        return {}
+    return {
+        key: value
+        for key, value in dotenv_values(dotenv_file).items()
+        if value is not None and key not in environ
+    }
+
+
 def effective_environ(project_root: Path, environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` plus the project's .env, whose values never override the environment."""
-    merged = dict(environ)
-    dotenv_file = project_root / ".env"
-    if dotenv_file.is_file():
-        for key, value in dotenv_values(dotenv_file).items():
-            if value is not None and key not in merged:
-                merged[key] = value
-    return merged
+    return {**dotenv_only(project_root, environ), **environ}
 
 
 def load_settings(
@@ -61,7 +69,8 @@ def load_settings(
     {"server.port": (8080, "--port")}."""
     environ = dict(os.environ if environ is None else environ)
     root, found_file = _locate(environ, cwd or Path.cwd(), config_path)
-    environ = effective_environ(root, environ)
+    from_dotenv = dotenv_only(root, environ)
+    environ = {**from_dotenv, **environ}
     problems: list[ConfigProblem] = []
     warnings: list[str] = []
 
@@ -86,29 +95,24 @@ def load_settings(
         for name in names:
             if environ.get(name, "") != "":
                 _set_path(document, path, environ[name])
-                sources[path] = f"env {name}"
+                sources[path] = f".env {name}" if name in from_dotenv else f"env {name}"
                 break
     for path, (value, flag) in (overrides or {}).items():
         _set_path(document, path, value)
         sources[path] = flag
 
     file_settings = _validate(document, source, sources, problems)
-    if file_settings is None:
-        raise ConfigError(problems)
-
-    profile_problems = check_profiles(file_settings.profiles, source)
-    problems.extend(profile_problems)
+    profiles = file_settings.profiles if file_settings else _profiles_alone(document)
     active, profile_source = _active_profile(profile, environ)
-    known = {p.id for p in file_settings.profiles}
-    if profile_source and active not in known:
-        listed = ", ".join(sorted(known)) or "none defined"
-        problems.append(
-            ConfigProblem(profile_source, "profile", f"unknown profile {active!r} ({listed})")
-        )
-    if problems:
+    if profiles is not None:
+        problems.extend(_profile_problems(profiles, source, active, profile_source))
+    if file_settings is None or problems:
         raise ConfigError(problems)
 
     data_dir = Path(file_settings.data_dir or ".kb").expanduser()
+    store = file_settings.store
+    if store.url:
+        store = store.model_copy(update={"url": _anchor_sqlite(store.url, root)})
     return Settings(
         env=file_settings.env,
         project_root=root,
@@ -116,7 +120,7 @@ def load_settings(
         data_dir=data_dir if data_dir.is_absolute() else (root / data_dir).resolve(),
         profile=active,
         server=file_settings.server,
-        store=file_settings.store,
+        store=store,
         logging=file_settings.logging,
         observability=file_settings.observability,
         cors=file_settings.cors,
@@ -126,6 +130,42 @@ def load_settings(
         sources=sources,
         warnings=warnings,
     )
+
+
+def _profiles_alone(document: dict[str, Any]) -> list[Profile] | None:
+    """The profiles when the rest of the document is invalid, so that their problems are
+    reported in the same run; None when the profiles themselves do not validate."""
+    try:
+        return TypeAdapter(list[Profile]).validate_python(document.get("profiles", []))
+    except ValidationError:
+        return None
+
+
+def _profile_problems(
+    profiles: list[Profile], source: str, active: str, profile_source: str
+) -> list[ConfigProblem]:
+    problems = check_profiles(profiles, source)
+    known = {p.id for p in profiles}
+    if profile_source and active not in known:
+        listed = ", ".join(sorted(known)) or "none defined"
+        problems.append(
+            ConfigProblem(profile_source, "profile", f"unknown profile {active!r} ({listed})")
+        )
+    return problems
+
+
+def _anchor_sqlite(url: str, root: Path) -> str:
+    """A relative SQLite path is relative to the project root, not the working dir."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # pydantic accepted a string; the store reports a bad URL clearly
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if Path(database).is_absolute() or database.startswith("file:"):
+        return url
+    return parsed.set(database=str(root / database)).render_as_string(hide_password=False)
 
 
 def _locate(
@@ -170,7 +210,8 @@ def _peek_environment(
 ) -> str:
     if overrides and "env" in overrides:
         return str(overrides["env"][0])
-    return environ.get("KB_ENV") or environ.get("NODE_ENV") or str(document.get("env", ""))
+    named = environ.get("KB_ENV") or environ.get("NODE_ENV")
+    return named or str(expand(document.get("env", ""), environ))
 
 
 def _check_literal_secrets(

@@ -7,8 +7,8 @@ from typing import Any
 
 REDACTED = "***REDACTED***"
 
-# Keys whose string values are hidden whenever config is shown (the original's list).
-_REDACT_WORDS = ("apikey", "secret", "password", "token", "key", "credentials", "auth")
+# Keys whose values are hidden whenever config is shown (the original's list, + passwd).
+_REDACT_WORDS = ("apikey", "secret", "password", "passwd", "token", "key", "credentials", "auth")
 # Keys whose values must come from the environment in production. Narrower than the
 # redaction list: "key" alone would catch harmless names such as "keyPrefix".
 _SECRET_WORDS = ("apikey", "secret", "password", "passwd", "token", "credentials", "privatekey")
@@ -16,7 +16,8 @@ _SECRET_WORDS = ("apikey", "secret", "password", "passwd", "token", "credentials
 # scheme://user:password@host → the password part
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)")
 
-_ONLY_REFERENCES = re.compile(r"^(\s*\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}\s*)+$")
+# Only `${VAR}` references (an empty default allowed): `${VAR:-sk-...}` carries a literal.
+_ONLY_REFERENCES = re.compile(r"^(\s*\$\{[A-Za-z_][A-Za-z0-9_]*(:-)?\}\s*)+$")
 
 
 def _normalise(key: str) -> str:
@@ -37,46 +38,44 @@ def redact_url_password(text: str) -> str:
     return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
 
 
-def redact(value: Any, path: str = "", found: list[str] | None = None) -> Any:
-    """Copy of `value` with secret-looking string values replaced (and passwords inside
-    URLs masked); `found` gets the paths."""
+def redact(value: Any, path: str = "", found: list[str] | None = None, secret: bool = False) -> Any:
+    """Copy of `value` with secret-looking values replaced: every string under a
+    secret-looking key (however deeply nested) and passwords inside URLs. `found` gets
+    the paths that were changed."""
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            item_path = f"{path}.{key}" if path else str(key)
-            if isinstance(item, str) and item and is_redacted_key(str(key)):
-                out[key] = REDACTED
-                if found is not None:
-                    found.append(item_path)
-            else:
-                out[key] = redact(item, item_path, found)
-        return out
+        return {
+            key: redact(
+                item,
+                f"{path}.{key}" if path else str(key),
+                found,
+                secret or is_redacted_key(str(key)),
+            )
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [redact(item, f"{path}[{i}]", found) for i, item in enumerate(value)]
-    if isinstance(value, str) and "://" in value:
-        masked = redact_url_password(value)
-        if masked != value and found is not None:
-            found.append(path)
-        return masked
-    return value
+        return [redact(item, f"{path}[{i}]", found, secret) for i, item in enumerate(value)]
+    if not isinstance(value, str) or not value:
+        return value
+    masked = REDACTED if secret else redact_url_password(value)
+    if masked != value and found is not None:
+        found.append(path)
+    return masked
 
 
-def literal_secrets(value: Any, path: str = "") -> list[str]:
-    """Paths of secret-looking keys holding a literal (not `${VAR}`) non-empty string."""
-    hits: list[str] = []
+def literal_secrets(value: Any, path: str = "", secret: bool = False) -> list[str]:
+    """Paths of strings under secret-looking keys that are literals, not `${VAR}`."""
     if isinstance(value, dict):
+        hits: list[str] = []
         for key, item in value.items():
             item_path = f"{path}.{key}" if path else str(key)
-            if (
-                isinstance(item, str)
-                and item.strip()
-                and is_secret_key(str(key))
-                and not _ONLY_REFERENCES.match(item)
-            ):
-                hits.append(item_path)
-            else:
-                hits.extend(literal_secrets(item, item_path))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            hits.extend(literal_secrets(item, f"{path}[{i}]"))
-    return hits
+            hits.extend(literal_secrets(item, item_path, secret or is_secret_key(str(key))))
+        return hits
+    if isinstance(value, list):
+        return [
+            hit
+            for i, item in enumerate(value)
+            for hit in literal_secrets(item, f"{path}[{i}]", secret)
+        ]
+    if secret and isinstance(value, str) and value.strip() and not _ONLY_REFERENCES.match(value):
+        return [path]
+    return []

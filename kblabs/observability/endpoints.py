@@ -47,7 +47,7 @@ async def metrics(request: Request) -> Response:
 async def describe(request: Request) -> JSONResponse:
     """kb.observability/1 description of this service."""
     runtime = _runtime(request)
-    families = sorted({m.name for m in runtime.metrics.registry.collect()})
+    families = runtime.metrics.family_names()
     return JSONResponse(
         {
             "schema": "kb.observability/1",
@@ -109,7 +109,7 @@ async def observability_health(request: Request) -> JSONResponse:
                 },
             ],
             "snapshot": {
-                "cpuPercent": round(runtime.metrics.cpu_percent(), 3),
+                "cpuPercent": round(request.app.state.health_cpu(), 3),
                 "rssBytes": rss_bytes(),
                 "heapUsedBytes": None,  # no Python equivalent of V8's heap figure
                 "eventLoopLagMs": round(runtime.loop_lag.mean_ms(), 3),

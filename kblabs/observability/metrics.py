@@ -101,5 +101,11 @@ class Metrics:
             self.http_errors.labels(method, route, str(status)).inc()
         self.http_duration.labels(method, route).observe(duration_ms)
 
+    def family_names(self) -> list[str]:
+        """Names as exposed: counters carry their `_total` suffix."""
+        return sorted(
+            f"{m.name}_total" if m.type == "counter" else m.name for m in self.registry.collect()
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -149,6 +149,7 @@ async def test_observability_contract(app_client):
     assert describe["schema"] == "kb.observability/1"
     assert describe["contractVersion"] == "1.0"
     assert "http_request_duration_ms" in describe["metricFamilies"]
+    assert "http_requests_total" in describe["metricFamilies"]
     health = (await client.get("/observability/health", headers=app_client.auth)).json()
     assert health["status"] == "healthy"
     assert {c["id"]: c["status"] for c in health["checks"]}["database"] == "ok"

@@ -213,3 +213,22 @@ def test_dev_mode_restarts_on_config_change(live_server_factory, project):
     assert second != first, server.log()
     assert server.stop() == 0
     assert _processes_with(f"--port\x00{server.port}\x00") == []
+
+
+def test_json_serve_failure_is_one_object_on_stdout(live_server_factory, project):
+    first = live_server_factory().start()
+    result = run_cli("--json", "serve", "--port", str(first.port), project=project, timeout=30)
+    assert result.returncode == 1
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False and payload["error"]["code"] == "START_FAILED"
+    assert "already in use" in payload["error"]["message"]
+
+
+def test_status_of_a_server_that_accepts_but_does_not_answer_is_not_ready(project):
+    with socket.socket() as silent:  # listens, never accepts: like a server starting up
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = run_cli("--json", "status", "--url", url, project=project)
+    assert result.returncode == 3
+    assert json.loads(result.stdout)["error"]["code"] == "NOT_READY"

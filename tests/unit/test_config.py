@@ -68,8 +68,10 @@ def test_port_falls_back_to_plain_PORT(project):
 def test_variables_are_expanded_with_defaults(project):
     write_config(project, {"store": {"url": "${DB_URL}"}, "x": {"y": "${MISSING:-fallback}"}})
     settings = load_settings(environ=base_env(project, DB_URL="sqlite+aiosqlite:///x.db"))
-    assert settings.store.url == "sqlite+aiosqlite:///x.db"
+    assert settings.store.url == f"sqlite+aiosqlite:///{project / 'x.db'}"  # root-relative
     assert settings.raw["x"]["y"] == "fallback"
+    empty = load_settings(environ=base_env(project, DB_URL="x", MISSING=""))
+    assert empty.raw["x"]["y"] == "fallback"  # like the shell: empty counts as unset
 
 
 def test_unresolved_variable_warns_in_development_and_fails_in_production(project):
@@ -212,3 +214,47 @@ def test_passwords_inside_urls_are_redacted():
     assert shown["store"]["url"] == f"postgresql+asyncpg://kb:{REDACTED}@db/kb"
     assert found == ["store.url"]
     assert redact({"u": "https://example.org/a:b@c"}) == {"u": "https://example.org/a:b@c"}
+
+
+def test_environment_named_through_a_variable_is_honoured(project):
+    write_config(project, {"env": "${DEPLOY_ENV}", "x": {"apiToken": "literal"}})
+    problems = problems_of(environ=base_env(project, DEPLOY_ENV="production"))
+    assert [p.path for p in problems] == ["x.apiToken"]
+
+
+def test_literal_default_of_a_secret_reference_is_refused_in_production(project):
+    write_config(
+        project,
+        {"llm": {"apiKey": "${OPENAI_API_KEY:-sk-live-1}"}, "db": {"password": "${DB_PASSWORD}"}},
+    )
+    problems = problems_of(environ=base_env(project, KB_ENV="production", DB_PASSWORD="p"))
+    assert [p.path for p in problems] == ["llm.apiKey"]
+
+
+def test_profile_problems_are_reported_with_schema_problems(project):
+    write_config(project, {"server": {"port": "x"}, "profiles": [{"id": "a", "extends": "ghost"}]})
+    paths = {p.path for p in problems_of(environ=base_env(project, KB_PROFILE="zzz"))}
+    assert paths == {"server.port", "profiles[0].extends", "profile"}
+
+
+def test_values_from_dotenv_are_labelled_as_such(project):
+    (project / ".env").write_text("KB_PORT=4321\n")
+    settings = load_settings(environ=base_env(project))
+    assert settings.sources["server.port"] == ".env KB_PORT"
+
+
+def test_everything_under_a_secret_key_is_redacted():
+    shown = redact(
+        {
+            "credentials": {"user": "u", "pass": "p"},
+            "tokens": ["a", "b"],
+            "dbPasswd": "x",
+            "port": 1,
+        }
+    )
+    assert shown == {
+        "credentials": {"user": REDACTED, "pass": REDACTED},
+        "tokens": [REDACTED, REDACTED],
+        "dbPasswd": REDACTED,
+        "port": 1,
+    }
