@@ -7,13 +7,14 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /observability/describe|health     kb.observability/1                      bearer
     /openapi.json, /docs               API description (/docs not in production) public
     /api/v1/health, /api/v1/ready      aliases of /health and /ready           bearer
+    /api/v1/state/…                    state broker: kv, locks, counters, limits bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → auth → loop-lag-sampler
-Later modules slot in after the store as ARCHITECTURE §2 orders them: adapters → state
-broker → plugin registry → workflow workers and scheduler.
+    data-dir → store → auth → state → loop-lag-sampler
+Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
+plugin registry → workflow workers and scheduler.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from kblabs.auth.admin_token import AdminToken
 from kblabs.auth.middleware import AuthMiddleware, public_paths
@@ -45,6 +46,9 @@ from kblabs.observability import debug, endpoints
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
 from kblabs.runtime import Runtime
+from kblabs.state import api as state_api
+from kblabs.state.ratelimit import TenantRateLimitMiddleware
+from kblabs.state.service import StateBroker
 from kblabs.store import Store
 
 
@@ -68,16 +72,18 @@ def public_url(settings: Settings) -> str:
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
+    loop_lag = LoopLagSampler()
+    metrics = Metrics(loop_lag)
     store = Store(settings, migrate=migrate)
     admin_token = AdminToken(settings.data_dir, public_url(settings))
-    loop_lag = LoopLagSampler()
-    lifecycle = Lifecycle([DataDir(settings.data_dir), store, admin_token, loop_lag])
-    metrics = Metrics(loop_lag, lifecycle.health)
-    return Runtime(settings, store, admin_token, loop_lag, lifecycle, metrics)
+    state = StateBroker(settings, metrics.registry)
+    lifecycle = Lifecycle([DataDir(settings.data_dir), store, admin_token, state, loop_lag])
+    metrics.health = lifecycle.health
+    return Runtime(settings, store, admin_token, state, loop_lag, lifecycle, metrics)
 
 
-def routes(settings: Settings) -> list[Route]:
-    table = [
+def routes(settings: Settings) -> list[BaseRoute]:
+    table: list[BaseRoute] = [
         Route("/health", endpoints.health, methods=["GET"]),
         Route("/ready", endpoints.ready, methods=["GET"]),
         Route("/metrics", endpoints.metrics, methods=["GET"]),
@@ -86,6 +92,7 @@ def routes(settings: Settings) -> list[Route]:
         Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
         Route("/api/v1/health", endpoints.health, methods=["GET"]),
         Route("/api/v1/ready", endpoints.ready, methods=["GET"]),
+        Mount("/api/v1/state", routes=state_api.routes),
     ]
     if not settings.is_production:
         table.append(Route("/docs", docs, methods=["GET"], include_in_schema=False))
@@ -113,6 +120,14 @@ def middleware(settings: Settings, runtime: Runtime, public: frozenset[str]) -> 
     stack += [
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes),
         Middleware(AuthMiddleware, public=public, admin_token=lambda: runtime.admin_token.value),
+    ]
+    if settings.rate_limits.enabled:
+        stack.append(
+            Middleware(
+                TenantRateLimitMiddleware, broker=runtime.state, settings=settings.rate_limits
+            )
+        )
+    stack += [
         Middleware(ErrorEnvelopeMiddleware),
     ]
     return stack

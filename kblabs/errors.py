@@ -29,6 +29,7 @@ class KbError(Exception):
         status: int = 400,
         details: Any = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -36,6 +37,7 @@ class KbError(Exception):
         self.status = status
         self.details = details
         self.headers = headers or {}
+        self.extra = extra or {}  # top-level body fields some clients expect (429's retryAfter)
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}

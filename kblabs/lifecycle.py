@@ -17,6 +17,9 @@ from kblabs.errors import StartupError
 
 
 class Component(Protocol):
+    """Anything with a name, start and stop. A component may also have
+    `health() -> ("ok" | "degraded", message)`, consulted by /ready without I/O."""
+
     name: str
 
     async def start(self) -> None: ...
@@ -93,9 +96,22 @@ class Lifecycle:
             self.status[component.name] = "failed"
             logger.opt(exception=exc).error("component {} failed to stop", component.name)
 
+    def degraded(self) -> dict[str, str]:
+        """Started components that report themselves degraded: name → message."""
+        found = {}
+        for component in self.components:
+            check = getattr(component, "health", None)
+            if check is not None and self.status.get(component.name) == "started":
+                status, message = check()
+                if status != "ok":
+                    found[component.name] = message
+        return found
+
     def readiness(self) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, kb.ready/1 body). No I/O: answered from in-memory state."""
+        """(HTTP status, kb.ready/1 body). No I/O: answered from in-memory state.
+        A degraded component (say, Redis down) keeps the process ready (200) but says so."""
         ready = self.phase == "ready"
+        degraded = self.degraded() if ready else {}
         reason = {
             "ready": "ready",
             "initializing": "starting",
@@ -105,16 +121,18 @@ class Lifecycle:
         }[self.phase]
         components = {}
         for name, status in self.status.items():
-            entry: dict[str, Any] = {"status": status}
-            if name in self.messages:
-                entry["message"] = self.messages[name]
+            entry: dict[str, Any] = {"status": "degraded" if name in degraded else status}
+            message = degraded.get(name) or self.messages.get(name)
+            if message:
+                entry["message"] = message
             components[name] = entry
+        status = ("degraded" if degraded else "ready") if ready else self.phase
         body = {
             "schema": "kb.ready/1",
             "ts": utc_now_iso(),
             "ready": ready,
-            "status": "ready" if ready else self.phase,
-            "reason": reason,
+            "status": status,
+            "reason": f"{next(iter(degraded))}_degraded" if degraded else reason,
             "components": components,
         }
         return (200 if ready else 503), body
@@ -122,7 +140,7 @@ class Lifecycle:
     def health(self) -> str:
         """healthy | degraded | unhealthy, for service_health_status."""
         if self.phase == "ready":
-            return "healthy"
+            return "degraded" if self.degraded() else "healthy"
         if self.phase in ("initializing", "draining"):
             return "degraded"
         return "unhealthy"

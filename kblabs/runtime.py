@@ -15,6 +15,7 @@ from kblabs.lifecycle import Lifecycle
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import Metrics
 from kblabs.observability.operations import OperationStats
+from kblabs.state.service import StateBroker
 from kblabs.store import Store
 
 
@@ -23,6 +24,7 @@ class Runtime:
     settings: Settings
     store: Store
     admin_token: AdminToken
+    state: StateBroker
     loop_lag: LoopLagSampler
     lifecycle: Lifecycle
     metrics: Metrics

@@ -46,8 +46,10 @@ def run_validate(ctx: CliContext) -> ExitCode:
 
 def effective_document(settings: Settings) -> dict[str, Any]:
     document = dict(settings.raw)
-    for section in ("server", "store", "logging", "observability", "cors", "platform"):
-        document[section] = getattr(settings, section).model_dump(by_alias=True)
+    sections = ("server", "store", "logging", "observability", "cors", "rate_limits", "platform")
+    for section in sections:
+        model = getattr(settings, section)
+        document[model.model_config["alias_generator"](section)] = model.model_dump(by_alias=True)
     document.update(env=settings.env, dataDir=str(settings.data_dir), profile=settings.profile)
     return document
 

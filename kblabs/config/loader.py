@@ -37,6 +37,8 @@ ENV_OVERRIDES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("KB_DEBUG_ROUTES",), "server.debugRoutes"),
     (("KB_DATABASE_URL",), "store.url"),
     (("KB_PUBLIC_METRICS",), "observability.publicMetrics"),
+    (("KB_TENANT_DEFAULT_TIER",), "rateLimits.defaultTier"),
+    (("KB_RATE_LIMITS_ENABLED",), "rateLimits.enabled"),
 )
 
 
@@ -124,6 +126,7 @@ def load_settings(
         logging=file_settings.logging,
         observability=file_settings.observability,
         cors=file_settings.cors,
+        rate_limits=file_settings.rate_limits,
         platform=file_settings.platform,
         products=resolve_products(file_settings.profiles, active),
         raw=document,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 Environment = Literal["development", "production", "test"]
@@ -65,6 +65,38 @@ class CorsSettings(Section):
     allow_origins: list[str] = Field(default_factory=list)
 
 
+class TierLimits(Section):
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute; None: no limit
+    rpd: int | None = Field(default=None, ge=1)  # requests per day; None: no limit
+
+
+def _default_tiers() -> dict[str, TierLimits]:
+    # The original's tiers (reference/marketplace-state-config.md §B.3).
+    return {
+        "free": TierLimits(rpm=10, rpd=1000),
+        "pro": TierLimits(rpm=100, rpd=100_000),
+        "enterprise": TierLimits(rpm=1000, rpd=None),
+    }
+
+
+class RateLimitSettings(Section):
+    """Per-namespace request limits on /api/v1/*, counted in the state broker."""
+
+    enabled: bool = True
+    # A local install serves one team: generous by default (the original used "free").
+    default_tier: str = "enterprise"
+    namespaces: dict[str, str] = Field(default_factory=dict)  # namespace → tier
+    tiers: dict[str, TierLimits] = Field(default_factory=_default_tiers)
+
+    @model_validator(mode="after")
+    def _tiers_exist(self) -> RateLimitSettings:
+        known = set(self.tiers)
+        for where, tier in [("defaultTier", self.default_tier), *self.namespaces.items()]:
+            if tier not in known:
+                raise ValueError(f"{where}: unknown tier {tier!r} (known: {sorted(known)})")
+        return self
+
+
 class PlatformSettings(Section):
     """The `platform` section; its adapters are interpreted by kblabs.platform."""
 
@@ -101,6 +133,7 @@ class FileSettings(Section):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     profiles: list[Profile] = Field(default_factory=list)
 
@@ -120,6 +153,7 @@ class Settings(BaseModel):
     logging: LoggingSettings
     observability: ObservabilitySettings
     cors: CorsSettings
+    rate_limits: RateLimitSettings
     platform: PlatformSettings
     # products of the active profile, merged along its `extends` chain
     products: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -28,7 +28,7 @@ def ok(request: HTTPConnection, data: Any, status: int = 200) -> JSONResponse:
 def error_response(scope: Scope, error: KbError) -> JSONResponse:
     headers = dict(error.headers)
     return JSONResponse(
-        {"ok": False, "error": error.to_dict(), "meta": meta(scope)},
+        {"ok": False, "error": error.to_dict(), **error.extra, "meta": meta(scope)},
         status_code=error.status,
         headers=headers,
     )

@@ -58,8 +58,10 @@ class CpuPercent:
 
 
 class Metrics:
-    def __init__(self, loop_lag: LoopLagSampler, health: Callable[[], str]) -> None:
+    def __init__(self, loop_lag: LoopLagSampler) -> None:
         self.registry = CollectorRegistry()
+        # Set by the app once the lifecycle exists (components need the registry first).
+        self.health: Callable[[], str] = lambda: "healthy"
         labels = ["method", "route", "status"]
         self.http_requests = Counter(
             "http_requests", "HTTP requests served", labels, registry=self.registry
@@ -89,7 +91,7 @@ class Metrics:
         self._gauge(
             "service_health_status",
             "2 healthy, 1 degraded, 0 unhealthy",
-            lambda: HEALTH_VALUES.get(health(), 0),
+            lambda: HEALTH_VALUES.get(self.health(), 0),
         )
 
     def _gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:

@@ -52,6 +52,15 @@ class MemoryBackend:
         self.evictions = 0
         self.total_size = 0
 
+    def snapshot(self) -> dict[str, int]:
+        """Figures for the metrics gauges, read without awaiting (entries not yet swept
+        are counted)."""
+        return {
+            "totalEntries": len(self._entries),
+            "totalSize": self.total_size,
+            "evictions": self.evictions,
+        }
+
     async def connect(self) -> None:
         return None
 

@@ -37,7 +37,7 @@ async def test_ready_reports_every_component(app_client):
     body = response.json()
     assert response.status_code == 200
     assert body["schema"] == "kb.ready/1" and body["ready"] is True
-    assert list(body["components"]) == ["data-dir", "store", "auth", "loop-lag-sampler"]
+    assert list(body["components"]) == ["data-dir", "store", "auth", "state", "loop-lag-sampler"]
     assert all(c["status"] == "started" for c in body["components"].values())
 
 
@@ -176,7 +176,7 @@ async def test_route_labels_are_templates_with_mount_prefixes():
 
     import httpx
 
-    metrics = Metrics(LoopLagSampler(), lambda: "healthy")
+    metrics = Metrics(LoopLagSampler())
     app = Starlette(
         routes=[
             Route("/items/{itemId}", item),

@@ -1,0 +1,53 @@
+"""Request bodies → pydantic models, with 400 errors that name the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from kblabs.errors import KbError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def validation_error(exc: ValidationError) -> KbError:
+    problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    first = problems[0]
+    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more)"
+    return KbError("VALIDATION_ERROR", message, 400, details=problems)
+
+
+def validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+async def json_body(request: Request, model: type[M], *, optional: bool = False) -> M:
+    """Parse the body as a JSON object and validate it; an empty body is `{}` when
+    `optional`."""
+    raw = await request.body()
+    if not raw.strip():
+        if optional:
+            return validate(model, {})
+        raise KbError("VALIDATION_ERROR", "request body must be a JSON object", 400)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KbError("VALIDATION_ERROR", f"request body is not valid JSON: {exc}", 400) from None
+    if not isinstance(data, dict):
+        raise KbError("VALIDATION_ERROR", "request body must be a JSON object", 400)
+    return validate(model, data)

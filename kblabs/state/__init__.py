@@ -1,0 +1,1 @@
+"""The state broker: key/value with TTL, locks with fencing, counters, rate limits."""
