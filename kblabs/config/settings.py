@@ -85,6 +85,8 @@ class RateLimitSettings(Section):
     enabled: bool = True
     # A local install serves one team: generous by default (the original used "free").
     default_tier: str = "enterprise"
+    # Length of the short window that `rpm` counts over; 60 s unless tuning or testing.
+    minute_ms: int = Field(default=60_000, ge=1)
     namespaces: dict[str, str] = Field(default_factory=dict)  # namespace → tier
     tiers: dict[str, TierLimits] = Field(default_factory=_default_tiers)
 

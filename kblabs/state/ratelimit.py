@@ -23,7 +23,6 @@ from kblabs.state.api import iso
 from kblabs.state.model import RateLimitResult
 from kblabs.state.service import StateBroker
 
-MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 EXEMPT = frozenset({"/api/v1/health", "/api/v1/ready"})
 
@@ -67,7 +66,7 @@ class TenantRateLimitMiddleware(HttpMiddleware):
         minute = day = None
         if tier.rpm is not None:
             minute = await self.broker.rate_limit(
-                f"tenant:{namespace}:requests:minute", tier.rpm, MINUTE_MS
+                f"tenant:{namespace}:requests:minute", tier.rpm, self.settings.minute_ms
             )
             if not minute.allowed:
                 return minute

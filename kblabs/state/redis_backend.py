@@ -114,9 +114,10 @@ def now_ms() -> int:
 class RedisBackend:
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "kb:state:") -> None:
+    def __init__(self, url: str, prefix: str = "kb:state:", max_connections: int = 50) -> None:
         self.url = url
         self.prefix = prefix
+        self.max_connections = max_connections
         self._client: Any = None
         self._started_ms = now_ms()
 
@@ -143,13 +144,18 @@ class RedisBackend:
     async def connect(self) -> None:
         import redis.asyncio as redis
 
-        self._client = redis.Redis.from_url(
+        # A blocking pool: a burst of callers waits for a free connection (up to 5 s)
+        # instead of failing with "Too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
             self.url,
+            max_connections=self.max_connections,
+            timeout=5,
             decode_responses=True,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             health_check_interval=15,
         )
+        self._client = redis.Redis(connection_pool=pool)
         register = self._client.register_script
         self._scripts = {
             name: register(source)

@@ -47,7 +47,11 @@ def make_backend(kind: str, options: dict[str, Any]) -> StateBackend:
         from kblabs.state.redis_backend import RedisBackend
 
         url = options.get("url") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-        return RedisBackend(str(url), prefix=str(options.get("prefix", "kb:state:")))
+        return RedisBackend(
+            str(url),
+            prefix=str(options.get("prefix", "kb:state:")),
+            max_connections=int(options.get("maxConnections", 50)),
+        )
     raise ValueError(f'platform.adapters.state must be "memory" or "redis", not {kind!r}')
 
 
