@@ -80,7 +80,8 @@ def listening_address(sockets: Sockets) -> str | None:
 @dataclass(frozen=True)
 class ServeOutcome:
     code: ExitCode
-    error: str | None = None  # the one line that says why the server could not start
+    error: str | None = None  # the one line that says what went wrong
+    error_code: str = "START_FAILED"
 
 
 def failed(message: str) -> ServeOutcome:
@@ -152,7 +153,9 @@ async def _serve(app, config: Config, sockets: Sockets, settings: Settings) -> S
     except LifespanFailureError:
         return failed(str(runtime.lifecycle.startup_error or "startup failed"))
     except asyncio.CancelledError:
-        return ServeOutcome(ExitCode.FAILURE, "stopped by a second signal without draining")
+        return ServeOutcome(
+            ExitCode.FAILURE, "stopped by a second signal without draining", "FORCED_STOP"
+        )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

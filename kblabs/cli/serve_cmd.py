@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kblabs.cli.context import CliContext
 from kblabs.errors import ExitCode
 
@@ -84,12 +86,15 @@ def run(ctx: CliContext) -> ExitCode:
     if args.dev and not args.no_reload and not args.bind:
         from kblabs.devreload import run_with_reload
 
-        outcome = run_with_reload(settings, [*ctx.argv, "--no-reload"])
+        if args.json:  # children log JSON lines; only this parent prints the result object
+            os.environ["KB_LOG_FORMAT"] = "json"
+        child_args = [arg for arg in ctx.argv if arg != "--json"]
+        outcome = run_with_reload(settings, [*child_args, "--no-reload"])
     else:
         outcome = serve(settings, migrate=not args.no_migrate, bind=args.bind)
     if args.json:  # the log lines went to stderr; stdout gets the one result object
         if outcome.error:
-            ctx.output.failure(outcome.error, code="START_FAILED", exitCode=int(outcome.code))
+            ctx.output.failure(outcome.error, code=outcome.error_code, exitCode=int(outcome.code))
         else:
             ctx.output.result({"ok": True, "exitCode": int(outcome.code)}, lambda c: None)
     return outcome.code

@@ -105,7 +105,7 @@ def load_settings(
 
     file_settings = _validate(document, source, sources, problems)
     profiles = file_settings.profiles if file_settings else _profiles_alone(document)
-    active, profile_source = _active_profile(profile, environ)
+    active, profile_source = _active_profile(profile, environ, from_dotenv)
     if profiles is not None:
         problems.extend(_profile_problems(profiles, source, active, profile_source))
     if file_settings is None or problems:
@@ -282,10 +282,13 @@ def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _active_profile(cli_profile: str | None, environ: Mapping[str, str]) -> tuple[str, str]:
+def _active_profile(
+    cli_profile: str | None, environ: Mapping[str, str], from_dotenv: Mapping[str, str]
+) -> tuple[str, str]:
     """(profile id, where it was asked for — "" when it is the implicit default)."""
     if cli_profile:
         return cli_profile, "--profile"
     if environ.get("KB_PROFILE"):
-        return environ["KB_PROFILE"], "env KB_PROFILE"
+        origin = ".env" if "KB_PROFILE" in from_dotenv else "env"
+        return environ["KB_PROFILE"], f"{origin} KB_PROFILE"
     return "default", ""
