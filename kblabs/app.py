@@ -3,6 +3,8 @@
 URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted:
 
     /health, /ready                    liveness, readiness (kb.ready/1)        public
+    /auth/token, /auth/refresh         client credentials → token pair         public
+    /auth/register, /auth/revoke       admin, enrollment or refresh token      see handler
     /metrics                           Prometheus text       bearer, or public if configured
     /observability/describe|health     kb.observability/1                      bearer
     /openapi.json, /docs               API description (/docs not in production) public
@@ -12,7 +14,7 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → auth → state → loop-lag-sampler
+    data-dir → store → state → auth → loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
 """
@@ -29,8 +31,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 
-from kblabs.auth.admin_token import AdminToken
+from kblabs.auth import routes as auth_routes
 from kblabs.auth.middleware import AuthMiddleware, public_paths
+from kblabs.auth.service import AuthService
 from kblabs.config import Settings
 from kblabs.datadir import ensure_data_dir
 from kblabs.http.errors import ErrorEnvelopeMiddleware, http_exception_handler
@@ -75,11 +78,12 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     loop_lag = LoopLagSampler()
     metrics = Metrics(loop_lag)
     store = Store(settings, migrate=migrate)
-    admin_token = AdminToken(settings.data_dir, public_url(settings))
     state = StateBroker(settings, metrics.registry)
-    lifecycle = Lifecycle([DataDir(settings.data_dir), store, admin_token, state, loop_lag])
+    auth = AuthService(settings, store, state)
+    auth.public_url = public_url(settings)
+    lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, loop_lag])
     metrics.health = lifecycle.health
-    return Runtime(settings, store, admin_token, state, loop_lag, lifecycle, metrics)
+    return Runtime(settings, store, state, auth, loop_lag, lifecycle, metrics)
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
@@ -92,6 +96,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
         Route("/api/v1/health", endpoints.health, methods=["GET"]),
         Route("/api/v1/ready", endpoints.ready, methods=["GET"]),
+        *auth_routes.routes,
         Mount("/api/v1/state", routes=state_api.routes),
     ]
     if not settings.is_production:
@@ -119,7 +124,7 @@ def middleware(settings: Settings, runtime: Runtime, public: frozenset[str]) -> 
         )
     stack += [
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes),
-        Middleware(AuthMiddleware, public=public, admin_token=lambda: runtime.admin_token.value),
+        Middleware(AuthMiddleware, public=public, auth=lambda: runtime.auth),
     ]
     if settings.rate_limits.enabled:
         stack.append(

@@ -9,7 +9,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from kblabs.auth.admin_token import AdminToken
+from kblabs.auth.service import AuthService
 from kblabs.config import Settings
 from kblabs.lifecycle import Lifecycle
 from kblabs.observability.looplag import LoopLagSampler
@@ -23,8 +23,8 @@ from kblabs.store import Store
 class Runtime:
     settings: Settings
     store: Store
-    admin_token: AdminToken
     state: StateBroker
+    auth: AuthService
     loop_lag: LoopLagSampler
     lifecycle: Lifecycle
     metrics: Metrics

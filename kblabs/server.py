@@ -97,7 +97,7 @@ def serve(settings: Settings, *, migrate: bool = True, bind: str | None = None) 
         return failed(str(exc))
     app = create_app(settings, migrate=migrate)
     address = listening_address(sockets) or public_url(settings)
-    app.state.runtime.admin_token.public_url = address
+    app.state.runtime.auth.public_url = address
 
     def on_ready() -> None:
         notify("READY=1")

@@ -38,7 +38,9 @@ def base_env(project: Path, **extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KB_", "NODE_ENV", "PORT", "LOG_LEVEL", "NOTIFY_SOCKET"))
+        if not key.startswith(
+            ("KB_", "NODE_ENV", "PORT", "LOG_LEVEL", "NOTIFY_SOCKET", "GATEWAY_", "REDIS_URL")
+        )
     }
     env["KB_PROJECT_ROOT"] = str(project)
     env.update(extra)

@@ -46,7 +46,16 @@ def run_validate(ctx: CliContext) -> ExitCode:
 
 def effective_document(settings: Settings) -> dict[str, Any]:
     document = dict(settings.raw)
-    sections = ("server", "store", "logging", "observability", "cors", "rate_limits", "platform")
+    sections = (
+        "server",
+        "store",
+        "logging",
+        "observability",
+        "cors",
+        "rate_limits",
+        "auth",
+        "platform",
+    )
     for section in sections:
         model = getattr(settings, section)
         document[model.model_config["alias_generator"](section)] = model.model_dump(by_alias=True)

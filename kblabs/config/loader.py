@@ -127,6 +127,7 @@ def load_settings(
         observability=file_settings.observability,
         cors=file_settings.cors,
         rate_limits=file_settings.rate_limits,
+        auth=file_settings.auth,
         platform=file_settings.platform,
         products=resolve_products(file_settings.profiles, active),
         raw=document,

@@ -99,6 +99,27 @@ class RateLimitSettings(Section):
         return self
 
 
+class StaticToken(Section):
+    """A fixed bearer token from config; its value must be a ${VAR} reference."""
+
+    token: str = Field(min_length=16)
+    role: Literal["viewer", "operator", "admin", "machine"] = "viewer"
+    namespace_id: str = "default"
+    host_id: str | None = None
+    label: str = "static token"
+
+
+class AuthSettings(Section):
+    refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
+    # Failed /auth/token attempts before 429, per client id and per remote address.
+    max_failures_per_client: int = Field(default=5, ge=1)
+    max_failures_per_address: int = Field(default=10, ge=1)
+    failure_window_ms: int = Field(default=300_000, ge=1000)
+    # How long a rotated-out client secret keeps working.
+    secret_rotation_grace_s: int = Field(default=86_400, ge=0)
+    static_tokens: list[StaticToken] = Field(default_factory=list)
+
+
 class PlatformSettings(Section):
     """The `platform` section; its adapters are interpreted by kblabs.platform."""
 
@@ -136,6 +157,7 @@ class FileSettings(Section):
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     profiles: list[Profile] = Field(default_factory=list)
 
@@ -156,6 +178,7 @@ class Settings(BaseModel):
     observability: ObservabilitySettings
     cors: CorsSettings
     rate_limits: RateLimitSettings
+    auth: AuthSettings
     platform: PlatformSettings
     # products of the active profile, merged along its `extends` chain
     products: dict[str, dict[str, Any]] = Field(default_factory=dict)

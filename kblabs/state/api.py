@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kblabs.auth.identity import namespace_of
 from kblabs.errors import KbError
 from kblabs.http.envelope import ok
 from kblabs.http.validation import json_body, validate
@@ -65,8 +66,7 @@ def _broker(request: Request) -> StateBroker:
 
 
 def namespace(request: Request) -> str:
-    identity = request.scope.get("kb.identity") or {}
-    return str(identity.get("namespaceId") or "default")
+    return namespace_of(request.scope)
 
 
 def scoped(request: Request, key: str) -> str:

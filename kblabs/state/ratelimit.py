@@ -15,6 +15,7 @@ from loguru import logger
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kblabs.auth.identity import namespace_of
 from kblabs.config.settings import RateLimitSettings
 from kblabs.errors import KbError
 from kblabs.http.asgi import HttpMiddleware
@@ -39,7 +40,7 @@ class TenantRateLimitMiddleware(HttpMiddleware):
         if not path.startswith("/api/v1/") or path in EXEMPT:
             await self.app(scope, receive, send)
             return
-        namespace = str((scope.get("kb.identity") or {}).get("namespaceId") or "default")
+        namespace = namespace_of(scope)
         try:
             verdict = await self._check(namespace)
         except KbError as exc:  # backend outage: fail open, say so now and then

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
+from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table
 
 # Constraint names are spelled out so Alembic migrations match on SQLite and PostgreSQL.
 metadata = MetaData(
@@ -24,4 +24,84 @@ boots = Table(
     Column("hostname", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("version", String(64), nullable=False),
+)
+
+
+# --- identity (kblabs.auth) -------------------------------------------------------------
+
+auth_clients = Table(
+    "auth_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("namespace_id", String(64), nullable=False, index=True),
+    Column("role", String(16), nullable=False),
+    Column("host_id", String(64), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    # the secret before the last rotation, accepted until previous_secret_expires_at
+    Column("previous_secret_hash", String(64), nullable=True),
+    Column("previous_secret_expires_at", DateTime(timezone=True), nullable=True),
+    Column("capabilities", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Refresh tokens are opaque; only their SHA-256 is stored. A family is one login's chain
+# of rotations: replaying a consumed token revokes the whole family.
+auth_refresh_tokens = Table(
+    "auth_refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("family_id", String(64), nullable=False, index=True),
+    Column("client_id", String(64), nullable=False, index=True),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("consumed_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Long-lived bearer tokens: the bootstrap admin token, host machine tokens, operator keys.
+auth_api_keys = Table(
+    "auth_api_keys",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=False, unique=True),
+    Column("label", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("namespace_id", String(64), nullable=False),
+    Column("host_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# One-time tokens that let a machine register itself without an admin token.
+auth_enrollments = Table(
+    "auth_enrollments",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("enrollment_id", String(32), nullable=False, unique=True),
+    Column("namespace_id", String(64), nullable=True),
+    Column("role", String(16), nullable=False),
+    Column("note", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+# --- hosts (kblabs.gateway) --------------------------------------------------------------
+
+gateway_hosts = Table(
+    "gateway_hosts",
+    metadata,
+    Column("namespace_id", String(64), primary_key=True),
+    Column("host_id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("capabilities", JSON, nullable=False),
+    Column("host_type", String(16), nullable=False),
+    Column("workspaces", JSON, nullable=False),
+    Column("last_status", String(16), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -169,7 +169,7 @@ def test_status_wait_until_ready(live_server_factory, project):
 
 
 def test_production_logs_are_json_lines_with_ids_and_no_secrets(live_server_factory):
-    server = live_server_factory(KB_ENV="production").start()
+    server = live_server_factory(KB_ENV="production", GATEWAY_JWT_SECRET="p" * 40).start()
     httpx.get(
         f"{server.url}/health?access_token=supersecret-1",
         headers={"X-Request-Id": "req-42", "Authorization": "Bearer supersecret-2"},
