@@ -130,6 +130,14 @@ class PlatformSettings(Section):
     adapter_options: dict[str, Any] = Field(default_factory=dict)
     execution: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("adapters")
+    @classmethod
+    def _known_state_backend(cls, adapters: dict[str, Any]) -> dict[str, Any]:
+        state = adapters.get("state")
+        if state is not None and state not in ("memory", "redis"):
+            raise ValueError(f'adapters.state must be "memory" or "redis", not {state!r}')
+        return adapters
+
 
 class Profile(Section):
     model_config = ConfigDict(

@@ -36,7 +36,7 @@ class StateBackend(Protocol):
 
     async def get_with_expiry(self, key: str) -> tuple[Any, int | None]: ...
 
-    async def set(self, key: str, value: Any, ttl_ms: int) -> int: ...  # expires at (ms)
+    async def set(self, key: str, encoded: str, ttl_ms: int) -> int: ...  # expiry, epoch ms
 
     async def delete(self, key: str) -> bool: ...
 

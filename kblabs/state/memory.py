@@ -4,6 +4,7 @@ evictions (only the sweep counts, as in the original)."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,6 @@ from kblabs.state.model import (
     LockGrant,
     RateLimitResult,
     Stats,
-    encode,
     matcher,
 )
 
@@ -25,7 +25,7 @@ def now_ms() -> int:
 
 @dataclass
 class Entry:
-    value: Any
+    encoded: str  # JSON text: callers never share (and mutate) the stored object
     size: int
     expires_at_ms: int
     created_ms: int
@@ -97,14 +97,14 @@ class MemoryBackend:
             return MISSING, None
         self.hits += 1
         entry.last_access_ms = now
-        return entry.value, entry.expires_at_ms
+        return json.loads(entry.encoded), entry.expires_at_ms
 
-    async def set(self, key: str, value: Any, ttl_ms: int) -> int:
+    async def set(self, key: str, encoded: str, ttl_ms: int) -> int:
         now = now_ms()
         previous = self._remove(key)
-        size = len(encode(value).encode())
+        size = len(encoded.encode())
         created = previous.created_ms if previous is not None else now
-        self._entries[key] = Entry(value, size, now + ttl_ms, created, now)
+        self._entries[key] = Entry(encoded, size, now + ttl_ms, created, now)
         self.total_size += size
         return now + ttl_ms
 

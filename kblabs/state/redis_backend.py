@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from kblabs.state.backend import MISSING
-from kblabs.state.model import CounterValue, LockGrant, RateLimitResult, Stats, encode, matcher
+from kblabs.state.model import CounterValue, LockGrant, RateLimitResult, Stats, matcher
 
 SCAN_BATCH = 500
 
@@ -195,9 +195,8 @@ class RedisBackend:
         raw, ttl = result
         return json.loads(raw), now_ms() + max(int(ttl), 0)
 
-    async def set(self, key: str, value: Any, ttl_ms: int) -> int:
+    async def set(self, key: str, encoded: str, ttl_ms: int) -> int:
         now = now_ms()
-        encoded = encode(value)
         expires = now + ttl_ms
         await self._scripts["set"](
             keys=[self._kv(key), self._index, self._access],

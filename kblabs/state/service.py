@@ -22,7 +22,13 @@ from kblabs.config import Settings
 from kblabs.errors import KbError
 from kblabs.state.backend import MISSING, StateBackend
 from kblabs.state.memory import MemoryBackend
-from kblabs.state.model import DEFAULT_TTL_MS, CounterValue, LockGrant, RateLimitResult
+from kblabs.state.model import (
+    DEFAULT_TTL_MS,
+    CounterValue,
+    LockGrant,
+    RateLimitResult,
+    encode,
+)
 
 T = TypeVar("T")
 
@@ -195,8 +201,8 @@ class StateBroker:
         expiry time in epoch ms."""
         _check_key(key)
         ttl = DEFAULT_TTL_MS if ttl_ms is None else _check_ttl(ttl_ms, "ttl")
-        _check_value(value, self.max_value_bytes)
-        return await self._call("set", lambda: self.backend.set(key, value, ttl))
+        encoded = _encode_value(value, self.max_value_bytes)
+        return await self._call("set", lambda: self.backend.set(key, encoded, ttl))
 
     async def delete(self, key: str) -> bool:
         _check_key(key)
@@ -286,19 +292,20 @@ def _check_ttl(ttl_ms: int, field: str) -> int:
     return ttl_ms
 
 
-def _check_value(value: Any, max_bytes: int) -> None:
-    from kblabs.state.model import encode
-
+def _encode_value(value: Any, max_bytes: int) -> str:
+    """The value as JSON text (encoded once, stored as text by every backend)."""
     try:
-        size = len(encode(value).encode())
+        encoded = encode(value)
     except (TypeError, ValueError) as exc:
         raise _invalid("value", f"must be JSON-serialisable ({exc})") from exc
+    size = len(encoded.encode())
     if size > max_bytes:
         raise KbError(
             "VALUE_TOO_LARGE",
             f"value is {size} bytes; the limit is {max_bytes} (adapterOptions.state.maxValueBytes)",
             413,
         )
+    return encoded
 
 
 __all__ = ["MISSING", "StateBroker"]

@@ -206,3 +206,13 @@ async def test_counters_with_and_without_window(broker):
         return (await broker.incr("burst", window_ms=100)).value == 1
 
     assert await eventually(restarted)
+
+
+async def test_stored_values_are_copies(broker):
+    value = {"list": [1]}
+    await broker.set("copy", value)
+    value["list"].append(2)
+    fetched = await broker.get("copy")
+    assert fetched == {"list": [1]}
+    fetched["list"].append(3)
+    assert await broker.get("copy") == {"list": [1]}

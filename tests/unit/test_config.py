@@ -258,3 +258,10 @@ def test_everything_under_a_secret_key_is_redacted():
         "dbPasswd": REDACTED,
         "port": 1,
     }
+
+
+def test_unknown_state_backend_is_a_config_error(project):
+    write_config(project, {"platform": {"adapters": {"state": "memcached"}}})
+    problems = problems_of(environ=base_env(project))
+    assert [p.path for p in problems] == ["platform.adapters"]
+    assert "memcached" in problems[0].message
