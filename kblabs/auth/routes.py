@@ -23,7 +23,6 @@ class RegisterBody(BaseModel):
     capabilities: list[str] = Field(default_factory=list, max_length=32)
     namespace_id: str | None = Field(default=None, alias="namespaceId", pattern=NAMESPACE_PATTERN)
     role: Literal["viewer", "operator", "admin", "machine"] | None = None
-    enrollment_token: str | None = Field(default=None, alias="enrollmentToken")
 
 
 class TokenBody(BaseModel):
@@ -49,13 +48,16 @@ def _auth(request: Request) -> AuthService:
 
 
 async def register(request: Request) -> JSONResponse:
-    """Register a client: an admin bearer, or a one-time enrollment token
-    (X-Enrollment-Token header or `enrollmentToken`). Returns its secret once."""
-    body = await json_body(request, RegisterBody)
-    enrollment = request.headers.get("x-enrollment-token") or body.enrollment_token
+    """Register a client: an admin bearer, or a one-time enrollment token in the
+    X-Enrollment-Token header. Returns the client secret, once."""
     caller = identity_of(request.scope)
-    if caller is None and not enrollment:
-        raise unauthorized("registering a client needs an admin token or an enrollment token")
+    enrollment = request.headers.get("x-enrollment-token")
+    if caller is None and not enrollment:  # refuse before reading anything
+        raise unauthorized(
+            "registering a client needs an admin token or an enrollment token "
+            "(X-Enrollment-Token header)"
+        )
+    body = await json_body(request, RegisterBody)
     created = await _auth(request).register(
         name=body.name,
         capabilities=body.capabilities,

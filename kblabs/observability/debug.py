@@ -12,12 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kblabs.auth.roles import requires
 from kblabs.errors import KbError
 from kblabs.http.envelope import ok
 
 MAX_SLEEP_MS = 60_000
 
 
+@requires("admin")
 async def sleep(request: Request) -> JSONResponse:
     """Answer after `ms` milliseconds (at most 60 000)."""
     raw = request.query_params.get("ms", "1000")
@@ -32,6 +34,7 @@ async def sleep(request: Request) -> JSONResponse:
     return ok(request, {"sleptMs": int(raw)})
 
 
+@requires("admin")
 async def error(request: Request) -> JSONResponse:
     """Raise an unexpected exception, to see how internal errors are reported."""
     raise RuntimeError("provoked internal error (debug route)")

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kblabs.auth.identity import namespace_of
+from kblabs.auth.roles import requires
 from kblabs.errors import KbError
 from kblabs.http.envelope import ok
 from kblabs.http.validation import json_body, validate
@@ -83,6 +84,7 @@ async def get_value(request: Request) -> JSONResponse:
     return ok(request, {"key": key, "value": value, "expiresAt": iso(expires)})
 
 
+@requires("operator")
 async def put_value(request: Request) -> JSONResponse:
     """Write a key: body {value, ttl?} with ttl in ms (default 300000)."""
     key = request.path_params["key"]
@@ -91,6 +93,7 @@ async def put_value(request: Request) -> JSONResponse:
     return ok(request, {"key": key, "expiresAt": iso(expires)})
 
 
+@requires("operator")
 async def delete_value(request: Request) -> JSONResponse:
     """Delete a key (idempotent): `deleted` says whether it existed."""
     key = request.path_params["key"]
@@ -98,6 +101,7 @@ async def delete_value(request: Request) -> JSONResponse:
     return ok(request, {"key": key, "deleted": deleted})
 
 
+@requires("operator")
 async def clear(request: Request) -> JSONResponse:
     """Delete keys matching ?pattern= (`prefix*` or a glob; none: all of the caller's)."""
     pattern = request.query_params.get("pattern") or None
@@ -112,6 +116,7 @@ async def stats(request: Request) -> JSONResponse:
     return ok(request, await _broker(request).stats())
 
 
+@requires("operator")
 async def acquire_lock(request: Request) -> JSONResponse:
     """Acquire a lock: body {owner, ttl?}; 409 LOCK_HELD while someone holds it."""
     name = request.path_params["name"]
@@ -133,6 +138,7 @@ async def acquire_lock(request: Request) -> JSONResponse:
     )
 
 
+@requires("operator")
 async def renew_lock(request: Request) -> JSONResponse:
     """Extend a held lock: body {owner, token, ttl?}; 409 LOCK_NOT_HELD if it was lost."""
     name = request.path_params["name"]
@@ -145,6 +151,7 @@ async def renew_lock(request: Request) -> JSONResponse:
     return ok(request, {"name": name, "token": body.token, "expiresAt": iso(expires)})
 
 
+@requires("operator")
 async def release_lock(request: Request) -> JSONResponse:
     """Release a lock: {owner, token} as JSON body or query parameters."""
     name = request.path_params["name"]
@@ -174,6 +181,7 @@ def _not_held(name: str) -> KbError:
     return KbError("LOCK_NOT_HELD", f"lock {name!r} is not held with this owner and token", 409)
 
 
+@requires("operator")
 async def incr(request: Request) -> JSONResponse:
     """Add `by` (default 1) to a counter; with `window` (ms) it resets after that long."""
     name = request.path_params["name"]
@@ -182,6 +190,7 @@ async def incr(request: Request) -> JSONResponse:
     return ok(request, {"name": name, "value": counter.value, "resetAt": iso(counter.reset_at_ms)})
 
 
+@requires("operator")
 async def rate_limit(request: Request) -> JSONResponse:
     """Spend `cost` against `limit` per `window` ms: {allowed, remaining, resetAt, …}."""
     name = request.path_params["name"]
