@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 Environment = Literal["development", "production", "test"]
@@ -120,6 +127,16 @@ class AuthSettings(Section):
     static_tokens: list[StaticToken] = Field(default_factory=list)
 
 
+class StateOptions(Section):
+    """platform.adapterOptions.state (see docs/state.md)."""
+
+    url: str | None = None
+    prefix: str = Field(default="kb:state:", min_length=1)
+    max_connections: int = Field(default=50, ge=1)
+    max_value_bytes: int = Field(default=1024 * 1024, ge=1)
+    sweep_interval_ms: int = Field(default=30_000, ge=100)
+
+
 class PlatformSettings(Section):
     """The `platform` section; its adapters are interpreted by kblabs.platform."""
 
@@ -129,6 +146,18 @@ class PlatformSettings(Section):
     adapters: dict[str, Any] = Field(default_factory=dict)
     adapter_options: dict[str, Any] = Field(default_factory=dict)
     execution: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("adapter_options")
+    @classmethod
+    def _state_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if "state" in options:
+            try:
+                StateOptions.model_validate(options["state"])
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"state.{where}: {first['msg']}") from None
+        return options
 
     @field_validator("adapters")
     @classmethod

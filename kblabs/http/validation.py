@@ -20,6 +20,16 @@ def _field(loc: tuple[Any, ...]) -> str:
     return path
 
 
+def field_error(field: str, message: str) -> KbError:
+    """A 400 about one field, with the same `details` shape as body validation."""
+    return KbError(
+        "VALIDATION_ERROR",
+        f"{field}: {message}",
+        400,
+        details=[{"field": field, "message": message}],
+    )
+
+
 def validation_error(exc: ValidationError) -> KbError:
     problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
     first = problems[0]

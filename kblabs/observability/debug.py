@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kblabs.auth.roles import requires
-from kblabs.errors import KbError
 from kblabs.http.envelope import ok
+from kblabs.http.validation import field_error
 
 MAX_SLEEP_MS = 60_000
 
@@ -24,12 +24,7 @@ async def sleep(request: Request) -> JSONResponse:
     """Answer after `ms` milliseconds (at most 60 000)."""
     raw = request.query_params.get("ms", "1000")
     if not raw.isdigit() or int(raw) > MAX_SLEEP_MS:
-        raise KbError(
-            "VALIDATION_ERROR",
-            f"ms must be an integer 0..{MAX_SLEEP_MS}",
-            400,
-            details={"field": "ms"},
-        )
+        raise field_error("ms", f"must be an integer 0..{MAX_SLEEP_MS}")
     await asyncio.sleep(int(raw) / 1000)
     return ok(request, {"sleptMs": int(raw)})
 

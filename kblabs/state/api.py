@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from kblabs.auth.identity import namespace_of
+from kblabs.auth.identity import identity_of, namespace_of
 from kblabs.auth.roles import requires
 from kblabs.errors import KbError
 from kblabs.http.envelope import ok
-from kblabs.http.validation import json_body, validate
+from kblabs.http.validation import field_error, json_body, validate
 from kblabs.state.backend import MISSING
 from kblabs.state.service import DEFAULT_LOCK_TTL_MS, StateBroker
 
@@ -71,6 +71,12 @@ def namespace(request: Request) -> str:
 
 
 def scoped(request: Request, key: str) -> str:
+    """The stored key: a tenant's own keyspace outside "default". Keys of other tenants
+    (`tenant:…`) and reserved names (`__…`) are only reachable by admins."""
+    identity = identity_of(request.scope)
+    admin = identity is not None and identity.at_least("admin")
+    if not admin and key.startswith(("tenant:", "__")):
+        raise KbError("FORBIDDEN", f"{key!r} is reserved (tenant: and __ names need admin)", 403)
     ns = namespace(request)
     return key if ns == "default" else f"tenant:{ns}:{key}"
 
@@ -101,7 +107,7 @@ async def delete_value(request: Request) -> JSONResponse:
     return ok(request, {"key": key, "deleted": deleted})
 
 
-@requires("operator")
+@requires("admin")
 async def clear(request: Request) -> JSONResponse:
     """Delete keys matching ?pattern= (`prefix*` or a glob; none: all of the caller's)."""
     pattern = request.query_params.get("pattern") or None
@@ -111,6 +117,7 @@ async def clear(request: Request) -> JSONResponse:
     return ok(request, {"cleared": cleared, "pattern": pattern})
 
 
+@requires("admin")
 async def stats(request: Request) -> JSONResponse:
     """BrokerStats: entries, size, hit and miss rates, evictions, by namespace and tenant."""
     return ok(request, await _broker(request).stats())
@@ -168,12 +175,7 @@ async def release_lock(request: Request) -> JSONResponse:
 
 def _int_param(raw: str | None, field: str) -> int:
     if raw is None or not raw.lstrip("-").isdigit():
-        raise KbError(
-            "VALIDATION_ERROR",
-            f"{field}: must be an integer",
-            400,
-            details=[{"field": field, "message": "must be an integer"}],
-        )
+        raise field_error(field, "must be an integer")
     return int(raw)
 
 

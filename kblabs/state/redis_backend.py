@@ -85,9 +85,10 @@ return redis.call('DEL', KEYS[1])
 """
 
 _INCR = """
+local existed = redis.call('EXISTS', KEYS[1])
 local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 local window = tonumber(ARGV[2])
-if window > 0 and redis.call('PTTL', KEYS[1]) < 0 then
+if window > 0 and existed == 0 then
   redis.call('PEXPIRE', KEYS[1], window)
 end
 return {v, redis.call('PTTL', KEYS[1])}

@@ -19,7 +19,8 @@ from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kblabs.config import Settings
-from kblabs.errors import KbError
+from kblabs.errors import KbError, StartupError
+from kblabs.http.validation import field_error
 from kblabs.state.backend import MISSING, StateBackend
 from kblabs.state.memory import MemoryBackend
 from kblabs.state.model import (
@@ -50,6 +51,12 @@ def make_backend(kind: str, options: dict[str, Any]) -> StateBackend:
     if kind == "memory":
         return MemoryBackend()
     if kind == "redis":
+        try:
+            import redis  # noqa: F401 - an optional extra
+        except ImportError:
+            raise StartupError(
+                "state", 'the redis state backend needs the extra: pip install "kblabs[redis]"'
+            ) from None
         from kblabs.state.redis_backend import RedisBackend
 
         url = options.get("url") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -150,7 +157,7 @@ class StateBroker:
                 continue
             try:
                 await self.backend.ping()
-            except self._unavailable as exc:
+            except Exception as exc:  # keep probing whatever the failure
                 self.degraded = f"{self.kind} state backend unavailable: {exc}"
                 continue
             logger.info("{} state backend is reachable again", self.kind)
@@ -159,8 +166,12 @@ class StateBroker:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval_s)
-            with contextlib.suppress(KbError):
+            try:
                 await self.sweep()
+            except KbError:
+                pass  # an outage: already reported as degraded
+            except Exception as exc:  # a bad sweep must not end the loop
+                logger.opt(exception=exc).warning("state sweep failed: {}", exc)
 
     # --- measured calls --------------------------------------------------------------
 
@@ -271,7 +282,7 @@ class StateBroker:
 
 
 def _invalid(field: str, message: str) -> KbError:
-    return KbError("VALIDATION_ERROR", f"{field}: {message}", 400, details={"field": field})
+    return field_error(field, message)
 
 
 def _check_key(key: str) -> None:

@@ -106,7 +106,9 @@ async def test_internal_error_body_has_no_stack_trace(app_client):
 async def test_validation_error_names_the_field(app_client):
     response = await app_client.client.get("/api/v1/debug/sleep?ms=abc", headers=app_client.auth)
     assert response.status_code == 400
-    assert response.json()["error"]["details"] == {"field": "ms"}
+    assert response.json()["error"]["details"] == [
+        {"field": "ms", "message": "must be an integer 0..60000"}
+    ]
 
 
 async def test_body_over_the_limit_is_413(app_client):

@@ -85,7 +85,7 @@ async def test_viewers_are_refused_operator_and_admin_actions(project):
                 assert response.json()["error"]["code"] == "FORBIDDEN"
                 guarded += 1
         assert guarded >= 8
-        assert (await client.get("/api/v1/state/stats", headers=headers)).status_code == 200
+        assert (await client.get("/api/v1/state/kv/x", headers=headers)).status_code == 404
 
 
 async def register(client, **body) -> dict:
@@ -161,12 +161,12 @@ async def test_revoking_a_client_stops_its_tokens(project):
         registered = await register(client)
         pair = (await token_pair(client, registered)).json()
         bearer = {"Authorization": f"Bearer {pair['accessToken']}"}
-        assert (await client.get("/api/v1/state/stats", headers=bearer)).status_code == 200
+        assert (await client.get("/api/v1/state/kv/x", headers=bearer)).status_code == 404
         revoked = await client.post(
             "/auth/revoke", json={"clientId": registered["clientId"]}, headers=client.admin
         )
         assert revoked.json() == {"revoked": True}
-        assert (await client.get("/api/v1/state/stats", headers=bearer)).status_code == 401
+        assert (await client.get("/api/v1/state/kv/x", headers=bearer)).status_code == 401
         assert (await token_pair(client, registered)).status_code == 401
         refresh = await client.post("/auth/refresh", json={"refreshToken": pair["refreshToken"]})
         assert refresh.status_code == 401

@@ -69,7 +69,9 @@ async def test_null_is_a_value_but_a_missing_value_is_400(project):
             response = await client.put(kv("n"), content=body)
             assert response.status_code == 400, body
         bad_ttl = await client.put(kv("n"), json={"value": 1, "ttl": -5})
-        assert bad_ttl.status_code == 400 and bad_ttl.json()["error"]["details"]["field"] == "ttl"
+        assert (
+            bad_ttl.status_code == 400 and bad_ttl.json()["error"]["details"][0]["field"] == "ttl"
+        )
         unknown = await client.put(kv("n"), json={"value": 1, "tll": 5})
         assert unknown.status_code == 400
 
@@ -277,3 +279,18 @@ async def test_unreachable_redis_at_start_is_degraded_not_fatal(project):
         ready = (await client.get("/ready")).json()
         assert ready["components"]["state"]["status"] == "degraded"
         assert "unavailable" in ready["components"]["state"]["message"]
+
+
+async def test_reserved_and_tenant_keys_need_admin(project):
+    async with client_for(project) as client:
+        app = client.app
+        operator = await app.state.runtime.auth.create_api_key("op", "operator", "default")
+        headers = {"Authorization": f"Bearer {operator['token']}"}
+        for key in ("tenant:acme:secret", "__requests__:default:minute"):
+            response = await client.put(kv(key), json={"value": 1}, headers=headers)
+            assert response.status_code == 403, key
+        assert (await client.put(kv("tenant:acme:x"), json={"value": 1})).status_code == 200
+        other = await app.state.runtime.auth.create_api_key("t", "operator", "acme")
+        tenant = {"Authorization": f"Bearer {other['token']}"}
+        own = await client.get(kv("x"), headers=tenant)
+        assert own.status_code == 200 and own.json()["data"]["value"] == 1  # same keyspace

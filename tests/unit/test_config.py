@@ -265,3 +265,10 @@ def test_unknown_state_backend_is_a_config_error(project):
     problems = problems_of(environ=base_env(project))
     assert [p.path for p in problems] == ["platform.adapters"]
     assert "memcached" in problems[0].message
+
+
+def test_state_options_are_validated(project):
+    write_config(project, {"platform": {"adapterOptions": {"state": {"maxValueBytes": "big"}}}})
+    problems = problems_of(environ=base_env(project))
+    assert [p.path for p in problems] == ["platform.adapterOptions"]
+    assert "maxValueBytes" in problems[0].message

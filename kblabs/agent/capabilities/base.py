@@ -110,14 +110,9 @@ class Workspace:
         return resolved
 
     def root_of(self, resolved: Path) -> Path | None:
-        """The root a resolved path lies in (the deepest one if roots nest), else None."""
-        best: Path | None = None
-        for root in self.roots:
-            if resolved.is_relative_to(root) and (
-                best is None or len(root.parts) > len(best.parts)
-            ):
-                best = root
-        return best
+        """The root a resolved path lies in (the outermost one if roots nest), else None."""
+        inside = [root for root in self.roots if resolved.is_relative_to(root)]
+        return min(inside, key=lambda root: len(root.parts)) if inside else None
 
     def contains(self, resolved: Path) -> bool:
         return self.root_of(resolved) is not None
@@ -191,14 +186,14 @@ class BaseCapability:
 
 
 def os_error(exc: OSError, path: str) -> CapabilityError:
-    """An OSError from a handler as the error the caller sees (no absolute paths leaked)."""
+    """An OSError as the error the caller sees, naming ``path`` as the caller wrote it."""
     if isinstance(exc, FileNotFoundError):
         return CapabilityError("NOT_FOUND", f"not found: {path}")
     if isinstance(exc, PermissionError):
         return CapabilityError("ACCESS_DENIED", f"permission denied: {path}")
     if isinstance(exc, IsADirectoryError):
         return CapabilityError("INVALID_ARGS", f"is a directory: {path}")
-    if isinstance(exc, NotADirectoryError):
+    if isinstance(exc, NotADirectoryError | FileExistsError):
         return CapabilityError("INVALID_ARGS", f"not a directory: {path}")
     return CapabilityError("HANDLER_ERROR", f"{exc.strerror or type(exc).__name__}: {path}")
 
@@ -254,16 +249,14 @@ def too_large(path: str, size: int) -> str:
     return f"file too large: {path} ({size} bytes; the limit is {MAX_FILE_BYTES - 1} bytes)"
 
 
-def walk_files(
-    base: Path, *, keep_dirs: frozenset[str] = frozenset()
-) -> Iterator[tuple[Path, int]]:
+def walk_files(base: Path) -> Iterator[tuple[Path, int]]:
     """Regular files under ``base`` (sorted, depth-first) with their size.
 
     Never follows symlinks (to files or directories), never descends into ``SKIP_DIRS``
-    (except names in ``keep_dirs``) and never yields FIFOs, sockets or devices.
+    and never yields FIFOs, sockets or devices.
     """
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS or d in keep_dirs)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         for filename in sorted(filenames):
             full = Path(dirpath, filename)
             try:
