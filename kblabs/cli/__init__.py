@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kblabs.cli import config_cmd, migrate_cmd, serve_cmd, status_cmd, version_cmd
+from kblabs.cli import auth_cmd, config_cmd, migrate_cmd, serve_cmd, status_cmd, version_cmd
 from kblabs.cli.context import CliContext
 from kblabs.cli.output import Output
 from kblabs.config import ConfigError
 from kblabs.errors import ExitCode
 
-COMMANDS = (serve_cmd, status_cmd, config_cmd, migrate_cmd, version_cmd)
+COMMANDS = (serve_cmd, status_cmd, config_cmd, migrate_cmd, auth_cmd, version_cmd)
 
 
 class UsageError(Exception):
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     output = Output(as_json=args.json)
     context = CliContext(args=args, output=output, argv=list(argv))
+    if args.command != "serve":  # serve sets up its own logging from the settings
+        quiet_logging(args.log_level)
     try:
         return int(args.handler(context))
     except ConfigError as exc:
@@ -90,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         output.failure("interrupted", code="INTERRUPTED")
         return ExitCode.INTERRUPTED
+
+
+def quiet_logging(level: str | None) -> None:
+    """CLI tools: warnings and errors only, one short line each, on stderr."""
+    from loguru import logger
+
+    from kblabs.observability.logging import LOGURU_LEVELS
+
+    logger.remove()
+    chosen = (level or "warning").lower()
+    chosen = {"warn": "warning", "fatal": "critical"}.get(chosen, chosen)
+    if chosen != "silent":
+        logger.add(sys.stderr, level=LOGURU_LEVELS[chosen], format="{level}: {message}")
 
 
 def report_config_problems(output: Output, exc: ConfigError) -> None:

@@ -33,7 +33,7 @@ _SECRET_PATTERNS = (
     ),
 )
 
-_LOGURU_LEVELS = {
+LOGURU_LEVELS = {
     "trace": "TRACE",
     "debug": "DEBUG",
     "info": "INFO",
@@ -111,7 +111,7 @@ def configure_logging(settings: Settings, level: str | None = None) -> None:
     logger.remove()
     logger.configure(patcher=_patch)
     if chosen != "silent":
-        loguru_level = _LOGURU_LEVELS.get(chosen, "INFO")
+        loguru_level = LOGURU_LEVELS.get(chosen, "INFO")
         as_json = settings.logging.format == "json" or (
             settings.logging.format == "auto" and settings.is_production
         )

@@ -27,10 +27,13 @@ class Store:
 
     name = "store"
 
-    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, migrate: bool = True, record_boot: bool = True
+    ) -> None:
         self.settings = settings
         self.url = settings.database_url
         self.migrate = migrate
+        self.record_boot = record_boot  # False for CLI tools: they are not restarts
         self._engine: AsyncEngine | None = None
         self.restarts = 0
 
@@ -51,7 +54,8 @@ class Store:
         )
         try:
             await self._prepare_schema()
-            self.restarts = await self._record_boot()
+            if self.record_boot:
+                self.restarts = await self._record_boot()
         except StartupError:
             raise
         except (OperationalError, DBAPIError, OSError) as exc:
@@ -74,8 +78,8 @@ class Store:
         if state.pending:
             raise StartupError(
                 self.name,
-                "database migrations are pending and --no-migrate was given; "
-                "run `python -m kblabs migrate upgrade`",
+                "the database schema is behind this code; run `python -m kblabs migrate "
+                "upgrade` (or start the server without --no-migrate)",
             )
 
     async def _record_boot(self) -> int:

@@ -95,7 +95,7 @@ async def test_database_newer_than_code_is_refused(project, database_env):
 
 
 async def test_no_migrate_refuses_a_database_that_is_behind(project, database_env):
-    with pytest.raises(StartupError, match="migrations are pending"):
+    with pytest.raises(StartupError, match="schema is behind this code"):
         await started_store(project, database_env, migrate=False)
 
 
