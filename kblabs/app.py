@@ -5,6 +5,10 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /health, /ready                    liveness, readiness (kb.ready/1)        public
     /auth/token, /auth/refresh         client credentials → token pair         public
     /auth/register, /auth/revoke       admin, enrollment or refresh token      see handler
+    /hosts/register                    admin or enrollment token               see handler
+    /hosts, /hosts/{hostId}            host registry (caller's namespace)      bearer
+    WS /hosts/connect                  host-agent protocol 1.0                 machine token
+    /internal/dispatch|resolve-host    calls into connected hosts              X-Internal-Secret
     /metrics                           Prometheus text       bearer, or public if configured
     /observability/describe|health     kb.observability/1                      bearer
     /openapi.json, /docs               API description (/docs not in production) public
@@ -14,7 +18,7 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → state → auth → loop-lag-sampler
+    data-dir → store → state → auth → gateway → loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
 """
@@ -36,6 +40,9 @@ from kblabs.auth.middleware import AuthMiddleware, public_paths
 from kblabs.auth.service import AuthService
 from kblabs.config import Settings
 from kblabs.datadir import ensure_data_dir
+from kblabs.gateway import routes as gateway_routes
+from kblabs.gateway.hub import HostHub
+from kblabs.gateway.registry import HostRegistry
 from kblabs.http.errors import ErrorEnvelopeMiddleware, http_exception_handler
 from kblabs.http.middleware import (
     AccessLogMiddleware,
@@ -81,9 +88,10 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     state = StateBroker(settings, metrics.registry)
     auth = AuthService(settings, store, state)
     auth.public_url = public_url(settings)
-    lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, loop_lag])
+    hub = HostHub(HostRegistry(store), state)
+    lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, hub, loop_lag])
     metrics.health = lifecycle.health
-    return Runtime(settings, store, state, auth, loop_lag, lifecycle, metrics)
+    return Runtime(settings, store, state, auth, hub, loop_lag, lifecycle, metrics)
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
@@ -97,6 +105,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/api/v1/health", endpoints.health, methods=["GET"]),
         Route("/api/v1/ready", endpoints.ready, methods=["GET"]),
         *auth_routes.routes,
+        *gateway_routes.routes,
         Mount("/api/v1/state", routes=state_api.routes),
     ]
     if not settings.is_production:

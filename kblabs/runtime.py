@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kblabs.auth.service import AuthService
 from kblabs.config import Settings
+from kblabs.gateway.hub import HostHub
 from kblabs.lifecycle import Lifecycle
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import Metrics
@@ -25,6 +26,7 @@ class Runtime:
     store: Store
     state: StateBroker
     auth: AuthService
+    hub: HostHub
     loop_lag: LoopLagSampler
     lifecycle: Lifecycle
     metrics: Metrics

@@ -170,22 +170,7 @@ class AuthService:
     ) -> dict[str, Any]:
         """A new client. Admins choose namespace and role; an enrollment token carries its
         own (a generated namespace when it names none)."""
-        if caller is not None and caller.at_least("admin"):
-            namespace = namespace_id or DEFAULT_NAMESPACE
-            chosen_role = role or "machine"
-        elif enrollment_token:
-            enrollment = await self.db.consume_enrollment(cred.digest(enrollment_token))
-            if enrollment is None:
-                raise unauthorized("enrollment token is unknown, used or expired")
-            namespace = enrollment["namespace_id"] or cred.new_namespace_id()
-            chosen_role = enrollment["role"]
-        else:
-            raise KbError(
-                "FORBIDDEN",
-                "registering a client needs an admin token or an "
-                "enrollment token (X-Enrollment-Token)",
-                403,
-            )
+        namespace, chosen_role = await self.admit(caller, enrollment_token, namespace_id, role)
         if chosen_role not in ROLES:
             raise KbError(
                 "VALIDATION_ERROR",
@@ -194,6 +179,28 @@ class AuthService:
                 details=[{"field": "role", "message": "unknown role"}],
             )
         return await self.create_client(name, namespace, chosen_role, capabilities)
+
+    async def admit(
+        self,
+        caller: Identity | None,
+        enrollment_token: str | None,
+        namespace_id: str | None,
+        role: str | None,
+    ) -> tuple[str, str]:
+        """(namespace, role) for a registration: an admin's choice, or what a one-time
+        enrollment token carries (consumed here)."""
+        if caller is not None and caller.at_least("admin"):
+            return namespace_id or DEFAULT_NAMESPACE, role or "machine"
+        if enrollment_token:
+            enrollment = await self.db.consume_enrollment(cred.digest(enrollment_token))
+            if enrollment is None:
+                raise unauthorized("enrollment token is unknown, used or expired")
+            return enrollment["namespace_id"] or cred.new_namespace_id(), enrollment["role"]
+        raise KbError(
+            "FORBIDDEN",
+            "registering needs an admin token or an enrollment token (X-Enrollment-Token)",
+            403,
+        )
 
     async def create_client(
         self, name: str, namespace: str, role: str, capabilities: list[str]

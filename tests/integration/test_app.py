@@ -37,7 +37,14 @@ async def test_ready_reports_every_component(app_client):
     body = response.json()
     assert response.status_code == 200
     assert body["schema"] == "kb.ready/1" and body["ready"] is True
-    assert list(body["components"]) == ["data-dir", "store", "state", "auth", "loop-lag-sampler"]
+    assert list(body["components"]) == [
+        "data-dir",
+        "store",
+        "state",
+        "auth",
+        "gateway",
+        "loop-lag-sampler",
+    ]
     assert all(c["status"] == "started" for c in body["components"].values())
 
 

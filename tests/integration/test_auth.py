@@ -44,6 +44,19 @@ def walk(routes: list[BaseRoute], prefix: str = ""):
             yield prefix + route.path, route
 
 
+def websocket_refused(app, path: str) -> int | None:
+    """The close code a WebSocket without credentials gets (None if it was served)."""
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    try:
+        with TestClient(app).websocket_connect(path) as ws:
+            ws.receive_text()
+    except WebSocketDisconnect as closed:
+        return closed.code
+    return None
+
+
 def concrete(template: str) -> str:
     return PARAM.sub(lambda m: "a/b" if m.group(2) else "x", template)
 
@@ -55,7 +68,9 @@ async def test_every_route_outside_the_allowlist_refuses_anonymous_callers(proje
         for template, route in walk(client.app.routes):
             path = concrete(template)
             if isinstance(route, WebSocketRoute):
-                pytest.fail(f"WebSocket route {template}: add a WebSocket check to this test")
+                assert websocket_refused(client.app, path) == 1008, template
+                checked += 1
+                continue
             for method in sorted((route.methods or set()) - {"HEAD"}):
                 response = await client.request(method, path)
                 if template in public:
@@ -63,6 +78,8 @@ async def test_every_route_outside_the_allowlist_refuses_anonymous_callers(proje
                 checked += 1
                 if template in OPTIONAL_AUTH:
                     assert response.status_code >= 400, (method, template)
+                elif template.startswith("/internal/"):  # X-Internal-Secret, not a bearer
+                    assert response.status_code == 403, (method, template)
                 else:
                     assert response.status_code == 401, (method, template, response.text)
         assert checked >= 15
@@ -246,8 +263,13 @@ async def test_internal_routes_need_the_internal_secret(project, monkeypatch):
         monkeypatch.setenv("GATEWAY_INTERNAL_SECRET", "i" * 40)
         wrong = await client.post("/internal/dispatch", headers={"X-Internal-Secret": "nope"})
         assert wrong.status_code == 403
-        right = await client.post("/internal/dispatch", headers={"X-Internal-Secret": "i" * 40})
-        assert right.status_code == 404  # past the gate; no such route yet
+        right = await client.post(
+            "/internal/dispatch",
+            headers={"X-Internal-Secret": "i" * 40},
+            json={"namespaceId": "default", "adapter": "git", "method": "status"},
+        )
+        assert right.status_code == 503  # past the gate: no host is connected
+        assert right.json()["error"]["code"] == "NO_HOST"
 
 
 def test_websockets_without_credentials_are_closed_with_1008(project):

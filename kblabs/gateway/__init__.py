@@ -1,0 +1,1 @@
+"""The gateway: host registry, the host-agent tunnel, dispatch and facades."""
