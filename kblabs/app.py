@@ -88,7 +88,8 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     state = StateBroker(settings, metrics.registry)
     auth = AuthService(settings, store, state)
     auth.public_url = public_url(settings)
-    hub = HostHub(HostRegistry(store), state)
+    timings = settings.gateway
+    hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
     lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, hub, loop_lag])
     metrics.health = lifecycle.health
     return Runtime(settings, store, state, auth, hub, loop_lag, lifecycle, metrics)

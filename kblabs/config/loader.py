@@ -128,6 +128,7 @@ def load_settings(
         cors=file_settings.cors,
         rate_limits=file_settings.rate_limits,
         auth=file_settings.auth,
+        gateway=file_settings.gateway,
         platform=file_settings.platform,
         products=resolve_products(file_settings.profiles, active),
         raw=document,

@@ -137,6 +137,15 @@ class StateOptions(Section):
     sweep_interval_ms: int = Field(default=30_000, ge=100)
 
 
+class GatewaySettings(Section):
+    """Timings of the host-agent tunnel (protocol 1.0 defaults)."""
+
+    hello_timeout_ms: int = Field(default=5_000, ge=100)
+    call_timeout_ms: int = Field(default=30_000, ge=100)
+    degraded_after_ms: int = Field(default=40_000, ge=100)
+    reconnect_grace_ms: int = Field(default=10_000, ge=0)
+
+
 class PlatformSettings(Section):
     """The `platform` section; its adapters are interpreted by kblabs.platform."""
 
@@ -195,6 +204,7 @@ class FileSettings(Section):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     profiles: list[Profile] = Field(default_factory=list)
 
@@ -216,6 +226,7 @@ class Settings(BaseModel):
     cors: CorsSettings
     rate_limits: RateLimitSettings
     auth: AuthSettings
+    gateway: GatewaySettings
     platform: PlatformSettings
     # products of the active profile, merged along its `extends` chain
     products: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from kblabs.auth.identity import identity_of
+from kblabs.config.settings import GatewaySettings
 from kblabs.errors import KbError
 from kblabs.gateway import protocol as p
 from kblabs.gateway.registry import HostRegistry
@@ -135,9 +136,12 @@ class HostSession:
 class HostHub:
     name = "gateway"
 
-    def __init__(self, registry: HostRegistry, state: StateBroker) -> None:
+    def __init__(
+        self, registry: HostRegistry, state: StateBroker, timings: GatewaySettings | None = None
+    ) -> None:
         self.registry = registry
         self.state = state
+        self.timings = timings or GatewaySettings()
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -157,8 +161,8 @@ class HostHub:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            self.registry.mark_silent(p.DEGRADED_AFTER_S)
+            await asyncio.sleep(min(WATCHDOG_INTERVAL_S, self.timings.degraded_after_ms / 4000))
+            self.registry.mark_silent(self.timings.degraded_after_ms / 1000)
 
     # --- calls -------------------------------------------------------------------------
 
@@ -185,13 +189,14 @@ class HostHub:
         adapter: str,
         method: str,
         args: list[Any] | None = None,
-        timeout_ms: int = p.DEFAULT_CALL_TIMEOUT_MS,
+        timeout_ms: int | None = None,
     ) -> Any:
         """Run `adapter.method(*args)` on a connected host; raises KbError on failure."""
         sessions = self.registry.sessions(namespace, host_id)
         if not sessions:
             raise KbError("HOST_NOT_CONNECTED", f"host {host_id} is not connected", 503)
-        return await sessions[-1].call(adapter, method, list(args or []), timeout_ms)
+        timeout = timeout_ms or self.timings.call_timeout_ms
+        return await sessions[-1].call(adapter, method, list(args or []), timeout)
 
     # --- the WebSocket endpoint ----------------------------------------------------------
 
@@ -220,7 +225,9 @@ class HostHub:
 
     async def _handshake(self, websocket: WebSocket) -> p.Hello | None:
         try:
-            raw = await asyncio.wait_for(websocket.receive_text(), p.HELLO_TIMEOUT_S)
+            raw = await asyncio.wait_for(
+                websocket.receive_text(), self.timings.hello_timeout_ms / 1000
+            )
             hello = p.parse(raw)
         except TimeoutError:
             await websocket.close(code=1008, reason="hello timeout")

@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = "1.0"
 SUPPORTED_VERSIONS = ("1.0",)
+# Server-side timings are settings (`gateway.*`, kblabs.config.settings.GatewaySettings);
+# these are the protocol's defaults, also used by the agent.
 HELLO_TIMEOUT_S = 5.0
 HEARTBEAT_INTERVAL_S = 30.0
-DEGRADED_AFTER_S = 40.0
 RECONNECT_GRACE_S = 10.0
-DEFAULT_CALL_TIMEOUT_MS = 30_000
 CAPABILITIES = ("filesystem", "git", "search", "shell", "execution", "editor-context")
 # Routed to a host only when a caller names it explicitly (as in the original).
 EXPLICIT_ONLY = ("search", "shell")

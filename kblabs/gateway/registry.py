@@ -43,8 +43,9 @@ def iso(moment: datetime | None) -> str | None:
 
 
 class HostRegistry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, reconnect_grace_s: float = RECONNECT_GRACE_S) -> None:
         self.store = store  # its engine exists once the store has started
+        self.reconnect_grace_s = reconnect_grace_s
         self.live: dict[tuple[str, str], LiveHost] = {}
 
     @property
@@ -194,7 +195,8 @@ class HostRegistry:
         await self._write_status(namespace, host_id, "reconnecting", utc_now())
         loop = asyncio.get_running_loop()
         live.offline_timer = loop.call_later(
-            RECONNECT_GRACE_S, lambda: asyncio.ensure_future(self._go_offline(namespace, host_id))
+            self.reconnect_grace_s,
+            lambda: asyncio.ensure_future(self._go_offline(namespace, host_id)),
         )
 
     async def _go_offline(self, namespace: str, host_id: str) -> None:

@@ -17,7 +17,7 @@ from kblabs.auth.routes import NAMESPACE_PATTERN
 from kblabs.auth.service import unauthorized
 from kblabs.errors import KbError
 from kblabs.gateway.hub import HostHub
-from kblabs.gateway.protocol import CAPABILITIES, DEFAULT_CALL_TIMEOUT_MS
+from kblabs.gateway.protocol import CAPABILITIES
 from kblabs.http.validation import json_body
 
 Capability = Literal["filesystem", "git", "search", "shell", "execution", "editor-context"]
@@ -40,7 +40,7 @@ class DispatchBody(BaseModel):
     adapter: str = Field(min_length=1)
     method: str = Field(min_length=1)
     args: list = Field(default_factory=list)
-    timeout_ms: int = Field(default=DEFAULT_CALL_TIMEOUT_MS, alias="timeoutMs", ge=1, le=600_000)
+    timeout_ms: int | None = Field(default=None, alias="timeoutMs", ge=1, le=600_000)
 
 
 class ResolveTarget(BaseModel):
