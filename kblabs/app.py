@@ -9,6 +9,11 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /hosts, /hosts/{hostId}            host registry (caller's namespace)      bearer
     WS /hosts/connect                  host-agent protocol 1.0                 machine token
     /internal/dispatch|resolve-host    calls into connected hosts              X-Internal-Secret
+    /platform/v1/{adapter}/{method}    adapter facade (allowlist)              bearer (operator)
+    /llm/v1/chat/completions           OpenAI-compatible (503 until an LLM)    bearer (operator)
+    /telemetry/v1/ingest               telemetry events into analytics         bearer
+    /api/v1/execute[/{id}/cancel]      run a handler on a host, ndjson events  bearer (operator)
+    WS /clients/connect                execution observers                     bearer
     /metrics                           Prometheus text       bearer, or public if configured
     /observability/describe|health     kb.observability/1                      bearer
     /openapi.json, /docs               API description (/docs not in production) public
@@ -40,7 +45,9 @@ from kblabs.auth.middleware import AuthMiddleware, public_paths
 from kblabs.auth.service import AuthService
 from kblabs.config import Settings
 from kblabs.datadir import ensure_data_dir
+from kblabs.gateway import execute, facades
 from kblabs.gateway import routes as gateway_routes
+from kblabs.gateway.execute import Executions
 from kblabs.gateway.hub import HostHub
 from kblabs.gateway.registry import HostRegistry
 from kblabs.http.errors import ErrorEnvelopeMiddleware, http_exception_handler
@@ -92,7 +99,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
     lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, hub, loop_lag])
     metrics.health = lifecycle.health
-    return Runtime(settings, store, state, auth, hub, loop_lag, lifecycle, metrics)
+    return Runtime(settings, store, state, auth, hub, Executions(), loop_lag, lifecycle, metrics)
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
@@ -107,6 +114,8 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Route("/api/v1/ready", endpoints.ready, methods=["GET"]),
         *auth_routes.routes,
         *gateway_routes.routes,
+        *facades.routes,
+        *execute.routes,
         Mount("/api/v1/state", routes=state_api.routes),
     ]
     if not settings.is_production:

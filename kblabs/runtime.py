@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kblabs.auth.service import AuthService
 from kblabs.config import Settings
+from kblabs.gateway.execute import Executions
 from kblabs.gateway.hub import HostHub
 from kblabs.lifecycle import Lifecycle
 from kblabs.observability.looplag import LoopLagSampler
@@ -27,6 +28,7 @@ class Runtime:
     state: StateBroker
     auth: AuthService
     hub: HostHub
+    executions: Executions
     loop_lag: LoopLagSampler
     lifecycle: Lifecycle
     metrics: Metrics

@@ -68,3 +68,12 @@ async def broker(request, project):
         await broker.stop()
         if request.param == "redis":
             await drop_prefix(prefix)
+
+
+@pytest.fixture
+def server(live_server_factory, project):
+    """A real server with short gateway timings and an internal secret."""
+    from tests.integration.hostclient import INTERNAL, TIMINGS
+
+    (project / "kb.config.json").write_text(json.dumps({"gateway": TIMINGS}))
+    return live_server_factory(GATEWAY_INTERNAL_SECRET=INTERNAL).start()
