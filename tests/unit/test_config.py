@@ -163,7 +163,7 @@ def test_literal_secret_is_refused_in_production_and_warned_in_development(proje
         project,
         {
             "platform": {"adapterOptions": {"llm": {"apiKey": "sk-live-123", "url": "x"}}},
-            "gateway": {"jwtSecret": "${JWT}"},
+            "myPlugin": {"jwtSecret": "${JWT}"},
         },
     )
     dev = load_settings(environ=base_env(project, JWT="s"))
