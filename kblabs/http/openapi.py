@@ -20,10 +20,11 @@ import kblabs
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 
 
-def _walk(routes: list[BaseRoute], prefix: str = ""):
+def walk_routes(routes: list[BaseRoute], prefix: str = ""):
+    """(full path template, route) for every Route and WebSocketRoute, through Mounts."""
     for route in routes:
         if isinstance(route, Mount):
-            yield from _walk(list(route.routes), prefix + route.path)
+            yield from walk_routes(list(route.routes), prefix + route.path)
         elif isinstance(route, (Route, WebSocketRoute)):
             yield prefix + route.path, route
 
@@ -52,7 +53,7 @@ def _operation(route: Route, path: str, public: frozenset[str]) -> dict[str, Any
 
 def build_spec(routes: list[BaseRoute], public: frozenset[str]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    for path, route in _walk(routes):
+    for path, route in walk_routes(routes):
         if not isinstance(route, Route) or getattr(route, "include_in_schema", True) is False:
             continue
         clean = _PARAM.sub(r"{\1}", path)

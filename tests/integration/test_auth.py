@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 import httpx
 import jwt
 import pytest
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import WebSocketRoute
 
 from kblabs.app import create_app
 from kblabs.auth.middleware import OPTIONAL_AUTH
+from kblabs.http.openapi import walk_routes
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -34,14 +35,6 @@ async def running_app(project, **env):
                 "Authorization": "Bearer " + (settings.data_dir / "admin.token").read_text().strip()
             }
             yield client
-
-
-def walk(routes: list[BaseRoute], prefix: str = ""):
-    for route in routes:
-        if isinstance(route, Mount):
-            yield from walk(list(route.routes), prefix + route.path)
-        elif isinstance(route, (Route, WebSocketRoute)):
-            yield prefix + route.path, route
 
 
 def websocket_refused(app, path: str) -> int | None:
@@ -65,7 +58,7 @@ async def test_every_route_outside_the_allowlist_refuses_anonymous_callers(proje
     async with running_app(project) as client:
         public = client.app.state.public_paths
         checked = 0
-        for template, route in walk(client.app.routes):
+        for template, route in walk_routes(client.app.routes):
             path = concrete(template)
             if isinstance(route, WebSocketRoute):
                 assert websocket_refused(client.app, path) == 1008, template
@@ -92,7 +85,7 @@ async def test_viewers_are_refused_operator_and_admin_actions(project):
         viewer = await client.app.state.runtime.auth.create_api_key("v", "viewer", "default")
         headers = {"Authorization": f"Bearer {viewer['token']}"}
         guarded = 0
-        for template, route in walk(client.app.routes):
+        for template, route in walk_routes(client.app.routes):
             role = getattr(getattr(route, "endpoint", None), "required_role", None)
             if role not in ("operator", "admin"):
                 continue
