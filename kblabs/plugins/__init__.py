@@ -1,0 +1,1 @@
+"""Plugins: manifests, discovery, registry, runtime and executors (issue: plugin runtime)."""
