@@ -43,6 +43,20 @@ class RevokeBody(BaseModel):
     key_id: str | None = Field(default=None, alias="keyId")
 
 
+def remote_address(request: Request) -> str:
+    """The caller's address: the TCP peer, or, behind a trusted proxy, the nearest
+    untrusted hop of X-Forwarded-For."""
+    peer = request.client.host if request.client else "unknown"
+    trusted = set(request.app.state.runtime.settings.server.trusted_proxies)
+    if peer not in trusted:
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return peer
+
+
 def _auth(request: Request) -> AuthService:
     return request.app.state.runtime.auth
 
@@ -72,7 +86,7 @@ async def register(request: Request) -> JSONResponse:
 async def token(request: Request) -> JSONResponse:
     """Client credentials → {accessToken, refreshToken, expiresIn, tokenType}."""
     body = await json_body(request, TokenBody)
-    address = request.client.host if request.client else "unknown"
+    address = remote_address(request)
     pair = await _auth(request).token(body.client_id, body.client_secret, address)
     return JSONResponse(pair, headers={"Cache-Control": "no-store"})
 

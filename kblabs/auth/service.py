@@ -343,8 +343,8 @@ class AuthService:
     def _failure_keys(self, client_id: str, address: str) -> list[tuple[str, int]]:
         auth = self.settings.auth
         return [
-            (f"auth:failures:client:{client_id}", auth.max_failures_per_client),
-            (f"auth:failures:address:{address}", auth.max_failures_per_address),
+            (f"__auth__:failures:client:{client_id}", auth.max_failures_per_client),
+            (f"__auth__:failures:address:{address}", auth.max_failures_per_address),
         ]
 
     async def _refuse_if_locked(self, client_id: str, address: str) -> None:

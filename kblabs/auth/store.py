@@ -179,6 +179,17 @@ class AuthStore:
             )
         return result.rowcount == 1
 
+    async def revoke_host_clients(self, host_id: str) -> None:
+        """Clients registered for a host (their host id is unique)."""
+        client = await self._client_for_host(host_id)
+        if client is not None:
+            await self.revoke_client(client)
+
+    async def _client_for_host(self, host_id: str) -> str | None:
+        async with self.engine.connect() as conn:
+            query = select(auth_clients.c.client_id).where(auth_clients.c.host_id == host_id)
+            return (await conn.execute(query)).scalar()
+
     async def revoke_host_keys(self, namespace_id: str, host_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(

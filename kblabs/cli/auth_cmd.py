@@ -105,7 +105,7 @@ def _run(
     try:
         payload = asyncio.run(main())
     except StartupError as exc:
-        ctx.output.failure(exc.message, code="STORE_UNAVAILABLE")
+        ctx.output.failure(str(exc), code="STARTUP_FAILED")
         return ExitCode.FAILURE
     if not payload.pop("ok", True):
         ctx.output.failure(payload["message"], code=payload["code"])
@@ -282,7 +282,7 @@ def _rotate_jwt(ctx: CliContext) -> ExitCode:
     from kblabs.auth.signing import rotate_development_secret
 
     settings = ctx.settings()
-    if os.environ.get("GATEWAY_JWT_SECRET"):
+    if os.environ.get("GATEWAY_JWT_SECRET") or os.environ.get("KB_JWT_SECRET"):
         fresh = secrets.token_urlsafe(48)
         message = (
             "GATEWAY_JWT_SECRET comes from the environment: set\n"

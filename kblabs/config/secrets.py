@@ -71,10 +71,12 @@ def literal_secrets(value: Any, path: str = "", secret: bool = False) -> list[st
             hits.extend(literal_secrets(item, item_path, secret or is_secret_key(str(key))))
         return hits
     if isinstance(value, list):
+        # A list of objects under a secret-looking key (`staticTokens: [{token, role}]`):
+        # each object's own keys decide; a list of strings inherits the key's secrecy.
         return [
             hit
             for i, item in enumerate(value)
-            for hit in literal_secrets(item, f"{path}[{i}]", secret)
+            for hit in literal_secrets(item, f"{path}[{i}]", secret and not isinstance(item, dict))
         ]
     if secret and isinstance(value, str) and value.strip() and not _ONLY_REFERENCES.match(value):
         return [path]

@@ -40,6 +40,8 @@ class ServerSettings(Section):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Diagnostic routes under /api/v1/debug (slow and failing requests); admin only.
     debug_routes: bool = False
+    # Reverse proxies whose X-Forwarded-For is believed (their addresses, exactly).
+    trusted_proxies: list[str] = Field(default_factory=list)
 
 
 class StoreSettings(Section):
@@ -110,6 +112,14 @@ class StaticToken(Section):
     """A fixed bearer token from config; its value must be a ${VAR} reference."""
 
     token: str = Field(min_length=16)
+
+    @field_validator("token")
+    @classmethod
+    def _resolved(cls, token: str) -> str:
+        if "${" in token:
+            raise ValueError("the ${VAR} this token refers to is not set")
+        return token
+
     role: Literal["viewer", "operator", "admin", "machine"] = "viewer"
     namespace_id: str = "default"
     host_id: str | None = None

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from kblabs.auth.identity import identity_of, namespace_of
+from kblabs.auth.identity import Identity, identity_of, namespace_of
 from kblabs.auth.roles import requires
 from kblabs.errors import KbError
 from kblabs.http.validation import json_body
@@ -219,13 +219,17 @@ async def observe(websocket: WebSocket) -> None:
     subscribed: set[str] = set()
     try:
         while True:
-            message = await websocket.receive_json()
-            reply = _observer_command(
-                executions, identity.namespace_id, message, outbox, subscribed
-            )
+            raw = await websocket.receive()
+            if raw["type"] == "websocket.disconnect":
+                break
+            try:
+                message = json.loads(raw.get("text") or raw.get("bytes") or b"")
+            except ValueError:
+                message = None
+            reply = _observer_command(executions, identity, message, outbox, subscribed)
             if reply is not None:
                 await outbox.put(reply)
-    except (WebSocketDisconnect, ValueError, RuntimeError):
+    except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         for execution_id in subscribed:
@@ -237,7 +241,7 @@ async def observe(websocket: WebSocket) -> None:
 
 def _observer_command(
     executions: Executions,
-    namespace: str,
+    identity: Identity,
     message: Any,
     outbox: asyncio.Queue,
     subscribed: set[str],
@@ -251,7 +255,7 @@ def _observer_command(
             "message": "expected client:subscribe, client:unsubscribe or client:cancel",
         }
     try:
-        execution = executions.find(execution_id, namespace)
+        execution = executions.find(execution_id, identity.namespace_id)
     except KbError as exc:
         return {
             "type": "client:error",
@@ -265,7 +269,16 @@ def _observer_command(
     elif kind == "client:unsubscribe":
         execution.listeners.discard(outbox)
         subscribed.discard(execution_id)
-    elif not executions.cancel(execution, str(message.get("reason") or "user")):
+    elif not identity.at_least("operator"):
+        return {
+            "type": "client:error",
+            "code": "FORBIDDEN",
+            "message": "cancelling needs the operator role",
+            "executionId": execution_id,
+        }
+    elif not executions.cancel(
+        execution, "timeout" if message.get("reason") == "timeout" else "user"
+    ):
         return {
             "type": "client:error",
             "code": "CANCEL_FAILED",

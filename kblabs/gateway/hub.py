@@ -43,6 +43,14 @@ class PendingCall:
     chunks: list[tuple[int, Any]] = field(default_factory=list)
 
 
+async def receive_frame(websocket: WebSocket) -> str | bytes:
+    """The next text or binary frame (binary frames are parsed like text)."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message.get("text") or message.get("bytes") or b""
+
+
 class HostSession:
     """One live, handshaken WebSocket of one host."""
 
@@ -226,7 +234,7 @@ class HostHub:
     async def _handshake(self, websocket: WebSocket) -> p.Hello | None:
         try:
             raw = await asyncio.wait_for(
-                websocket.receive_text(), self.timings.hello_timeout_ms / 1000
+                receive_frame(websocket), self.timings.hello_timeout_ms / 1000
             )
             hello = p.parse(raw)
         except TimeoutError:
@@ -254,7 +262,7 @@ class HostHub:
                 name=row["name"],
                 capabilities=row["capabilities"],
                 host_type=hello.host_type,
-                workspaces=hello.workspaces,
+                workspaces=hello.workspaces or None,
             )
             return list(row["capabilities"])
         name = hello.name or (row["name"] if row else host_id)
@@ -271,7 +279,7 @@ class HostHub:
     async def _serve(self, session: HostSession) -> None:
         while True:
             try:
-                raw = await session.websocket.receive_text()
+                raw = await receive_frame(session.websocket)
             except (WebSocketDisconnect, RuntimeError):
                 return
             try:
@@ -318,7 +326,10 @@ class HostHub:
                 "state supports get(key), set(key, value, ttlMs?), delete(key)",
                 400,
             )
-        key = f"tenant:{namespace}:{call.args[0]}" if namespace != "default" else str(call.args[0])
+        name = str(call.args[0])
+        if name.startswith(("tenant:", "__")):
+            raise KbError("ADAPTER_CALL_REJECTED", f"{name!r} is a reserved key", 403)
+        key = f"tenant:{namespace}:{name}" if namespace != "default" else name
         if call.method == "get":
             value = await self.state.get(key)
             return None if value is MISSING else value

@@ -124,6 +124,7 @@ async def delete_host(request: Request) -> Response:
     if not await hub.registry.remove(namespace, host_id):
         raise KbError("HOST_NOT_FOUND", "host not found", 404)
     await request.app.state.runtime.auth.db.revoke_host_keys(namespace, host_id)
+    await request.app.state.runtime.auth.db.revoke_host_clients(host_id)
     request.app.state.runtime.auth.forget()
     for session in sessions:
         await session.websocket.close(code=1008, reason="host deleted")

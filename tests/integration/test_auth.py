@@ -311,3 +311,35 @@ async def test_expired_enrollment_is_refused(project):
             headers={"X-Enrollment-Token": enrollment["token"]},
         )
         assert response.status_code == 401
+
+
+async def test_forwarded_addresses_count_only_behind_a_trusted_proxy(project):
+    (project / "kb.config.json").write_text(
+        json.dumps({"server": {"trustedProxies": ["203.0.113.7"]}})
+    )
+    async with running_app(project) as client:
+        body = {"clientId": "clt_x", "clientSecret": "wrong"}
+        for i in range(12):  # 12 different clients behind the proxy: no shared lockout
+            headers = {"X-Forwarded-For": f"198.51.100.{i}, 203.0.113.7"}
+            response = await client.post(
+                "/auth/token", json={**body, "clientId": f"c{i}"}, headers=headers
+            )
+            assert response.status_code == 401
+        assert (await client.post("/auth/token", json=body)).status_code == 401
+
+
+async def test_observers_below_operator_cannot_cancel_and_bad_frames_are_answered(project):
+    from starlette.testclient import TestClient
+
+    settings = make_settings(project)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        viewer = client.portal.call(app.state.runtime.auth.create_api_key, "v", "viewer", "default")
+        headers = {"Authorization": f"Bearer {viewer['token']}"}
+        with client.websocket_connect("/clients/connect", headers=headers) as ws:
+            ws.send_json({"type": "client:hello"})
+            assert ws.receive_json()["type"] == "client:connected"
+            ws.send_text("not json")
+            assert ws.receive_json()["code"] == "INVALID_MESSAGE"
+            ws.send_json({"type": "client:cancel", "executionId": "nope"})
+            assert ws.receive_json()["code"] == "EXECUTION_NOT_FOUND"

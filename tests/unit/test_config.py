@@ -272,3 +272,16 @@ def test_state_options_are_validated(project):
     problems = problems_of(environ=base_env(project))
     assert [p.path for p in problems] == ["platform.adapterOptions"]
     assert "maxValueBytes" in problems[0].message
+
+
+def test_static_tokens_come_from_the_environment(project):
+    config = {"auth": {"staticTokens": [{"token": "${STUDIO_TOKEN}", "role": "operator"}]}}
+    write_config(project, config)
+    production = base_env(project, KB_ENV="production", STUDIO_TOKEN="s" * 32)
+    settings = load_settings(environ=production)
+    assert settings.auth.static_tokens[0].role == "operator"
+    problems = problems_of(environ=base_env(project))  # unset: never a usable bearer
+    assert [p.path for p in problems] == ["auth.staticTokens[0].token"]
+    write_config(project, {"auth": {"staticTokens": [{"token": "literal-token-123456"}]}})
+    literal = problems_of(environ=base_env(project, KB_ENV="production"))
+    assert [p.path for p in literal] == ["auth.staticTokens[0].token"]
