@@ -84,9 +84,7 @@ class AgentConfig(BaseModel):
     def _capabilities(cls, value: list[str]) -> list[str]:
         unknown = [c for c in value if c not in CAPABILITIES]
         if unknown:
-            raise ValueError(
-                f"unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}"
-            )
+            raise ValueError(f"unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
         return list(dict.fromkeys(value))
 
     @property
@@ -122,8 +120,7 @@ def load_config(path: Path | None = None) -> AgentConfig:
         raise AgentConfigError(f"cannot read {path}: {exc}", path) from None
     if stat.S_IMODE(info.st_mode) & 0o077:
         logger.warning(
-            "{} is readable by other users (mode {:o}); it holds a client secret: "
-            "chmod 600 {}",
+            "{} is readable by other users (mode {:o}); it holds a client secret: chmod 600 {}",
             path,
             stat.S_IMODE(info.st_mode),
             path,

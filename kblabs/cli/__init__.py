@@ -9,13 +9,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kblabs.cli import auth_cmd, config_cmd, migrate_cmd, serve_cmd, status_cmd, version_cmd
+from kblabs.cli import (
+    agent_cmd,
+    auth_cmd,
+    config_cmd,
+    migrate_cmd,
+    serve_cmd,
+    status_cmd,
+    version_cmd,
+)
 from kblabs.cli.context import CliContext
 from kblabs.cli.output import Output
 from kblabs.config import ConfigError
 from kblabs.errors import ExitCode
 
-COMMANDS = (serve_cmd, status_cmd, config_cmd, migrate_cmd, auth_cmd, version_cmd)
+COMMANDS = (serve_cmd, status_cmd, config_cmd, migrate_cmd, auth_cmd, agent_cmd, version_cmd)
 
 
 class UsageError(Exception):
