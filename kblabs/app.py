@@ -97,6 +97,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     auth.public_url = public_url(settings)
     timings = settings.gateway
     hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
+    hub.client_capabilities = auth.client_capabilities
     lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, hub, loop_lag])
     metrics.health = lifecycle.health
     return Runtime(settings, store, state, auth, hub, Executions(), loop_lag, lifecycle, metrics)
@@ -186,4 +187,6 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     app.state.probe_cache = endpoints._ProbeCache()
     app.state.health_cpu = CpuPercent()  # its own window: /metrics scrapes keep theirs
     app.state.on_ready = []  # callables run once every component has started
+    # coroutines run when draining starts: close WebSockets so they do not hold the drain
+    app.state.on_drain = [runtime.executions.drain, runtime.hub.drain]
     return app

@@ -142,6 +142,11 @@ async def _serve(app, config: Config, sockets: Sockets, settings: Settings) -> S
         runtime.lifecycle.begin_draining()
         notify("STOPPING=1")
         await asyncio.sleep(settings.server.drain_delay_ms / 1000)
+        for drain in app.state.on_drain:  # long-lived sockets would hold the drain
+            try:
+                await drain()
+            except Exception as exc:
+                logger.warning("draining: {}", exc)
 
     try:
         await worker_serve(

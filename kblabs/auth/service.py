@@ -202,6 +202,10 @@ class AuthService:
             403,
         )
 
+    async def client_capabilities(self, client_id: str) -> list[str]:
+        row = await self.db.client(client_id)
+        return list(row["capabilities"]) if row else []
+
     async def create_client(
         self, name: str, namespace: str, role: str, capabilities: list[str]
     ) -> dict[str, Any]:

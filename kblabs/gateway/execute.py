@@ -75,6 +75,15 @@ class Executions:
 
     def __init__(self) -> None:
         self.running: dict[str, Execution] = {}
+        self.observers: set[WebSocket] = set()
+
+    async def drain(self) -> None:
+        """Cancel what runs and close observer sockets when the server starts draining."""
+        for execution in list(self.running.values()):
+            self.cancel(execution, "system")
+        for websocket in list(self.observers):
+            with contextlib.suppress(Exception):
+                await websocket.close(code=1012, reason="server restarting")
 
     def find(self, execution_id: str, namespace: str) -> Execution:
         execution = self.running.get(execution_id)
@@ -216,6 +225,7 @@ async def observe(websocket: WebSocket) -> None:
     outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     forward = asyncio.create_task(_forward(websocket, outbox))
     executions = websocket.app.state.runtime.executions
+    executions.observers.add(websocket)
     subscribed: set[str] = set()
     try:
         while True:
@@ -232,6 +242,7 @@ async def observe(websocket: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
+        executions.observers.discard(websocket)
         for execution_id in subscribed:
             execution = executions.running.get(execution_id)
             if execution is not None:

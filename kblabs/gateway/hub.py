@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from kblabs.auth.identity import identity_of
+from kblabs.auth.identity import Identity, identity_of
 from kblabs.config.settings import GatewaySettings
 from kblabs.errors import KbError
 from kblabs.gateway import protocol as p
@@ -150,6 +151,8 @@ class HostHub:
         self.registry = registry
         self.state = state
         self.timings = timings or GatewaySettings()
+        # client id → capabilities declared at /auth/register (set by the app)
+        self.client_capabilities: Callable[[str], Awaitable[list[str]]] | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -161,11 +164,17 @@ class HostHub:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Close every tunnel (1012: the service restarts, agents reconnect elsewhere or
+        later). Run when draining starts, so open WebSockets do not hold the graceful
+        shutdown for its whole timeout."""
         for live in list(self.registry.live.values()):
             for session in list(live.connections.values()):
                 session.fail_all()
                 with contextlib.suppress(Exception):
-                    await session.websocket.close(code=1001, reason="server stopping")
+                    await session.websocket.close(code=1012, reason="server restarting")
 
     async def _watch(self) -> None:
         while True:
@@ -219,7 +228,7 @@ class HostHub:
         if hello is None:
             return
         namespace, host_id = identity.namespace_id, identity.host_id
-        capabilities = await self._capabilities(namespace, host_id, hello)
+        capabilities = await self._capabilities(identity, hello)
         session = HostSession(websocket, namespace, host_id, str(uuid.uuid4()), capabilities)
         await self.registry.connected(namespace, host_id, session.connection_id, session)
         logger.info("host {} connected ({}, agent {})", host_id, namespace, hello.agent_version)
@@ -252,29 +261,28 @@ class HostHub:
             return None
         return hello
 
-    async def _capabilities(self, namespace: str, host_id: str, hello: p.Hello) -> list[str]:
-        """Registered capabilities win; a host registered without any uses its hello."""
+    async def _capabilities(self, identity: Identity, hello: p.Hello) -> list[str]:
+        """What this host may be asked to do. Declared capabilities win over the hello:
+        a client's (from /auth/register) for JWT agents, the descriptor's (from
+        /hosts/register) for machine tokens; only a host that declared none uses its
+        hello's list, every time it connects."""
+        namespace, host_id = identity.namespace_id, identity.host_id or ""
         row = await self.registry.row(namespace, host_id)
-        if row is not None and row["capabilities"]:
-            await self.registry.upsert(
-                namespace,
-                host_id,
-                name=row["name"],
-                capabilities=row["capabilities"],
-                host_type=hello.host_type,
-                workspaces=hello.workspaces or None,
-            )
-            return list(row["capabilities"])
-        name = hello.name or (row["name"] if row else host_id)
+        declared: list[str] = []
+        if identity.via == "jwt" and self.client_capabilities is not None:
+            declared = await self.client_capabilities(identity.subject)
+        elif row is not None:
+            declared = list(row["capabilities"])
+        chosen = [c for c in (declared or hello.capabilities) if c in p.CAPABILITIES]
         await self.registry.upsert(
             namespace,
             host_id,
-            name=name,
-            capabilities=hello.capabilities,
+            name=hello.name or (row["name"] if row else host_id),
+            capabilities=chosen,
             host_type=hello.host_type,
-            workspaces=hello.workspaces,
+            workspaces=hello.workspaces or None,
         )
-        return [c for c in hello.capabilities if c in p.CAPABILITIES]
+        return chosen
 
     async def _serve(self, session: HostSession) -> None:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 import httpx
@@ -217,3 +218,38 @@ async def test_hosts_survive_a_restart_as_offline(live_server_factory, project):
     assert host(second, created["hostId"])["status"] == "offline"
     async with connect(second, created["machineToken"]) as ws:  # machine token survived
         assert (await hello(ws))["type"] == "connected"
+
+
+async def test_draining_closes_tunnels_so_stop_is_quick(server):
+    created = register_host(server)
+    async with connect(server, created["machineToken"]) as ws:
+        await hello(ws)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd.code == 1012
+        assert await asyncio.to_thread(server.process.wait, 20) == 0
+    assert time.monotonic() - started < 10  # not the 30 s graceful timeout
+
+
+async def test_capabilities_declared_at_registration_win_over_hello(server):
+    registered = httpx.post(
+        f"{server.url}/auth/register",
+        json={"name": "agent", "capabilities": ["git"]},
+        headers=server.auth,
+    ).json()
+    pair = httpx.post(
+        f"{server.url}/auth/token",
+        json={"clientId": registered["clientId"], "clientSecret": registered["clientSecret"]},
+    ).json()
+    async with connect(server, pair["accessToken"]) as ws:
+        await ws.send(
+            json.dumps(
+                {"type": "hello", "protocolVersion": "1.0", "capabilities": ["filesystem", "shell"]}
+            )
+        )
+        assert json.loads(await ws.recv())["type"] == "connected"
+        assert host(server, registered["hostId"])["capabilities"] == ["git"]
+        refused = dispatch(server, adapter="filesystem", method="readFile", args=["x"])
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "NO_HOST"
