@@ -1,0 +1,1 @@
+"""Marketplace: the lock file of installed plugins and adapters, installers, API."""
