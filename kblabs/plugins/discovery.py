@@ -1,0 +1,166 @@
+"""From the marketplace lock to loaded manifests, with a diagnostic for every problem.
+
+Discovery reads only the lock (never scans folders). One broken plugin yields a
+diagnostic and is skipped; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kblabs.config import jsonc
+from kblabs.marketplace.lockfile import LockEntry, LockFile, LockFileError
+from kblabs.plugins.manifest import Manifest, validate_manifest
+
+MANIFEST_FILE = "kb.plugin.json"
+Severity = Literal["error", "warning", "info"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str  # PLUGIN_DISABLED, PACKAGE_NOT_FOUND, INTEGRITY_MISMATCH, MANIFEST_INVALID…
+    severity: Severity
+    plugin_id: str
+    message: str
+    details: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        data["pluginId"] = data.pop("plugin_id")
+        return data
+
+
+@dataclass(frozen=True)
+class Discovered:
+    manifest: Manifest
+    root: Path
+    source: str
+    lock_key: str
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+
+@dataclass
+class Discovery:
+    plugins: list[Discovered] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+def integrity_of(root: Path) -> str:
+    """`sha256-<b64>` of the folder's pyproject.toml (a link) or its manifest."""
+    for name in ("pyproject.toml", MANIFEST_FILE):
+        candidate = root / name
+        if candidate.is_file():
+            digest = hashlib.sha256(candidate.read_bytes()).digest()
+            return "sha256-" + base64.b64encode(digest).decode()
+    return ""
+
+
+def discover(lock: LockFile, project_root: Path) -> Discovery:
+    result = Discovery()
+    try:
+        entries = lock.read()
+    except LockFileError as exc:
+        result.diagnostics.append(Diagnostic("LOCK_INVALID", "error", "*", str(exc)))
+        return result
+    seen: dict[str, str] = {}
+    for key, entry in entries.items():
+        found = _load_entry(key, entry, project_root, result.diagnostics)
+        if found is None:
+            continue
+        if found.id in seen:
+            result.diagnostics.append(
+                Diagnostic(
+                    "ENTITY_CONFLICT",
+                    "error",
+                    found.id,
+                    f"{found.id} is already provided by lock entry {seen[found.id]!r}; "
+                    f"{key!r} is skipped",
+                )
+            )
+            continue
+        seen[found.id] = key
+        result.plugins.append(found)
+    return result
+
+
+def _load_entry(
+    key: str, entry: LockEntry, project_root: Path, diagnostics: list[Diagnostic]
+) -> Discovered | None:
+    if not entry.enabled:
+        diagnostics.append(Diagnostic("PLUGIN_DISABLED", "info", key, f"{key} is disabled"))
+        return None
+    root = (project_root / entry.resolved_path).resolve()
+    if not root.is_dir():
+        diagnostics.append(
+            Diagnostic("PACKAGE_NOT_FOUND", "error", key, f"{key}: folder {root} does not exist")
+        )
+        return None
+    actual = integrity_of(root)
+    if entry.integrity and actual != entry.integrity:
+        if entry.source != "local":
+            diagnostics.append(
+                Diagnostic(
+                    "INTEGRITY_MISMATCH",
+                    "error",
+                    key,
+                    f"{key}: installed files changed since install",
+                )
+            )
+            return None
+        diagnostics.append(
+            Diagnostic(
+                "INTEGRITY_MISMATCH", "warning", key, f"{key}: linked folder changed (reloaded)"
+            )
+        )
+    manifest = _read_manifest(key, root, diagnostics)
+    if manifest is None:
+        return None
+    if manifest.id != key:
+        diagnostics.append(
+            Diagnostic(
+                "ID_MISMATCH",
+                "warning",
+                manifest.id,
+                f"lock key {key!r} differs from manifest id; using {manifest.id!r}",
+            )
+        )
+    return Discovered(manifest, root, entry.source, key)
+
+
+def _read_manifest(key: str, root: Path, diagnostics: list[Diagnostic]) -> Manifest | None:
+    path = root / MANIFEST_FILE
+    try:
+        data = jsonc.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        diagnostics.append(
+            Diagnostic("MANIFEST_NOT_FOUND", "error", key, f"{key}: no {MANIFEST_FILE} in {root}")
+        )
+        return None
+    except (OSError, UnicodeDecodeError, jsonc.JsoncError, json.JSONDecodeError) as exc:
+        diagnostics.append(
+            Diagnostic("MANIFEST_INVALID", "error", key, f"{key}: cannot read {path}: {exc}")
+        )
+        return None
+    manifest, problems = validate_manifest(data)
+    if manifest is None:
+        first = problems[0]
+        where = f"{first['path']}: " if first["path"] else ""
+        diagnostics.append(
+            Diagnostic(
+                "MANIFEST_INVALID",
+                "error",
+                key,
+                f"{key}: {where}{first['message']}"
+                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                details=problems,
+            )
+        )
+    return manifest
