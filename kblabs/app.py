@@ -19,11 +19,14 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /openapi.json, /docs               API description (/docs not in production) public
     /api/v1/health, /api/v1/ready      aliases of /health and /ready           bearer
     /api/v1/state/…                    state broker: kv, locks, counters, limits bearer
+    /api/v1/plugins[/registry|health]  loaded plugins and diagnostics            bearer
+    /api/v1/plugins/refresh|enable|disable  switches ({"pluginId"})         operator/admin
+    /api/… (anything else)             plugin-declared routes (catch-all, last) bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → state → auth → gateway → loop-lag-sampler
+    data-dir → store → state → auth → plugins → gateway → loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
 """
@@ -59,9 +62,12 @@ from kblabs.http.middleware import (
 )
 from kblabs.http.openapi import docs, openapi_json
 from kblabs.lifecycle import Lifecycle
+from kblabs.marketplace.lockfile import LockFile
 from kblabs.observability import debug, endpoints
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
+from kblabs.plugins import api as plugin_api
+from kblabs.plugins.registry import PluginRegistry
 from kblabs.runtime import Runtime
 from kblabs.state import api as state_api
 from kblabs.state.ratelimit import TenantRateLimitMiddleware
@@ -98,9 +104,12 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     timings = settings.gateway
     hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
     hub.client_capabilities = auth.client_capabilities
-    lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, hub, loop_lag])
+    plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
+    lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, plugins, hub, loop_lag])
     metrics.health = lifecycle.health
-    return Runtime(settings, store, state, auth, hub, Executions(), loop_lag, lifecycle, metrics)
+    return Runtime(
+        settings, store, state, auth, plugins, hub, Executions(), loop_lag, lifecycle, metrics
+    )
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
@@ -118,11 +127,13 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *facades.routes,
         *execute.routes,
         Mount("/api/v1/state", routes=state_api.routes),
+        *plugin_api.routes,
     ]
     if not settings.is_production:
         table.append(Route("/docs", docs, methods=["GET"], include_in_schema=False))
     if settings.server.debug_routes:
         table.extend(debug.routes)
+    table.append(plugin_api.catch_all)  # last: plugin routes take what nothing else did
     return table
 
 

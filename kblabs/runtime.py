@@ -17,6 +17,7 @@ from kblabs.lifecycle import Lifecycle
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import Metrics
 from kblabs.observability.operations import OperationStats
+from kblabs.plugins.registry import PluginRegistry
 from kblabs.state.service import StateBroker
 from kblabs.store import Store
 
@@ -27,6 +28,7 @@ class Runtime:
     store: Store
     state: StateBroker
     auth: AuthService
+    plugins: PluginRegistry
     hub: HostHub
     executions: Executions
     loop_lag: LoopLagSampler

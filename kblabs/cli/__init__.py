@@ -14,6 +14,7 @@ from kblabs.cli import (
     auth_cmd,
     config_cmd,
     migrate_cmd,
+    plugin_cmd,
     serve_cmd,
     status_cmd,
     version_cmd,
@@ -23,7 +24,16 @@ from kblabs.cli.output import Output
 from kblabs.config import ConfigError
 from kblabs.errors import ExitCode
 
-COMMANDS = (serve_cmd, status_cmd, config_cmd, migrate_cmd, auth_cmd, agent_cmd, version_cmd)
+COMMANDS = (
+    serve_cmd,
+    status_cmd,
+    config_cmd,
+    migrate_cmd,
+    auth_cmd,
+    agent_cmd,
+    plugin_cmd,
+    version_cmd,
+)
 
 
 class UsageError(Exception):

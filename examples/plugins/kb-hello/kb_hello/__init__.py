@@ -1,0 +1,1 @@
+"""An example KB Labs plugin (used by the tests and docs)."""

@@ -1,0 +1,21 @@
+"""Handlers take (ctx, input); input is {query, body, params} for REST routes."""
+
+from __future__ import annotations
+
+from kblabs.sdk import PluginError
+
+
+async def greet(ctx, input):
+    name = input["query"].get("name", "world")
+    return {"greeting": f"hello {name}", "plugin": ctx.plugin_id, "tenant": ctx.tenant_id}
+
+
+def echo(ctx, input):  # a plain function: runs in a worker thread
+    if not input["body"]:
+        raise PluginError("EMPTY", "send a JSON body to echo", 400)
+    return {"echo": input["body"]}
+
+
+class Item:
+    async def execute(self, ctx, input):
+        return {"itemId": input["params"]["itemId"]}

@@ -1,0 +1,201 @@
+"""/api/v1/plugins… (registry introspection and switches) and the plugin route dispatcher.
+
+Actions on a plugin live outside the plugin-id space (ARCHITECTURE §3):
+POST /api/v1/plugins/enable|disable|refresh with {"pluginId": …}. Plugin routes are
+served by one catch-all dispatcher over the live registry, so they appear and disappear
+without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from kblabs.auth.identity import namespace_of
+from kblabs.auth.roles import check_role, requires
+from kblabs.errors import KbError
+from kblabs.http.envelope import ok
+from kblabs.http.middleware import ROUTE_KEY
+from kblabs.http.validation import json_body
+from kblabs.observability import context
+from kblabs.plugins.executor import HandlerContext, run_in_process
+from kblabs.plugins.handlers import import_handler
+from kblabs.plugins.permissions import Guard, effective
+from kblabs.plugins.registry import PluginRegistry
+from kblabs.plugins.routes import MountedRoute, find
+from kblabs.sdk import PluginError
+
+DEFAULT_TIMEOUT_MS = 30_000
+
+
+class PluginIdBody(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    plugin_id: str = Field(alias="pluginId", min_length=1)
+
+
+def _registry(request: Request) -> PluginRegistry:
+    return request.app.state.runtime.plugins
+
+
+@requires("viewer")
+async def list_plugins(request: Request) -> JSONResponse:
+    """Loaded plugins with their routes and what they provide."""
+    registry = _registry(request)
+    plugins = [registry.describe(p) for p in registry.plugins]
+    return ok(request, {"plugins": plugins, "total": len(plugins), "rev": registry.revision})
+
+
+@requires("viewer")
+async def registry_snapshot(request: Request) -> JSONResponse:
+    """The registry snapshot (kb.registry/1): plugins, diagnostics, revision."""
+    return ok(request, _registry(request).snapshot())
+
+
+@requires("viewer")
+async def plugins_health(request: Request) -> JSONResponse:
+    """Which plugins loaded and which failed, with diagnostic codes."""
+    registry = _registry(request)
+    status, message = registry.health()
+    failed = [d.to_dict() for d in registry.diagnostics if d.severity == "error"]
+    return ok(
+        request,
+        {
+            "status": "healthy" if status == "ok" else "degraded",
+            "message": message,
+            "loaded": len(registry.plugins),
+            "failed": failed,
+            "diagnostics": [d.to_dict() for d in registry.diagnostics],
+        },
+    )
+
+
+@requires("operator")
+async def refresh(request: Request) -> JSONResponse:
+    """Reload every plugin from the marketplace lock now."""
+    return ok(request, await _registry(request).refresh())
+
+
+async def _switch(request: Request, enabled: bool) -> JSONResponse:
+    body = await json_body(request, PluginIdBody)
+    registry = _registry(request)
+    with registry.lock.update() as entries:
+        if body.plugin_id not in entries:
+            raise KbError("PLUGIN_NOT_FOUND", f"{body.plugin_id} is not installed or linked", 404)
+        entries[body.plugin_id].enabled = enabled
+    change = await registry.refresh()
+    return ok(request, {"id": body.plugin_id, "enabled": enabled, "rev": change["revision"]})
+
+
+@requires("admin")
+async def enable(request: Request) -> JSONResponse:
+    """Enable a plugin: {"pluginId": …}; takes effect at once."""
+    return await _switch(request, True)
+
+
+@requires("admin")
+async def disable(request: Request) -> JSONResponse:
+    """Disable a plugin: {"pluginId": …}; its routes disappear at once."""
+    return await _switch(request, False)
+
+
+async def dispatch(request: Request) -> Response:
+    """Every plugin-declared route, found in the live registry."""
+    registry = _registry(request)
+    mounted, params, other_method = find(registry.routes, request.method, request.url.path)
+    if mounted is None:
+        if other_method:
+            raise KbError("METHOD_NOT_ALLOWED", f"{request.method} is not allowed here", 405)
+        raise KbError("NOT_FOUND", f"no route for {request.method} {request.url.path}", 404)
+    request.scope[ROUTE_KEY] = mounted.template
+    check_role(request, "viewer" if request.method == "GET" else "operator")
+    started = time.perf_counter()
+    result = await _call(request, mounted, params)
+    response = ok(request, result)
+    response.headers["X-Execution-Time-Ms"] = str(round((time.perf_counter() - started) * 1000))
+    return response
+
+
+async def _call(request: Request, mounted: MountedRoute, params: dict[str, Any]) -> Any:
+    plugin, route = mounted.plugin, mounted.route
+    handler = import_handler(route.handler, plugin.root)
+    ctx = _context(request, mounted)
+    payload = {"query": dict(request.query_params), "body": await _body(request), "params": params}
+    timeout_ms = (
+        route.timeout_ms
+        or (plugin.manifest.rest.defaults.get("timeoutMs") if plugin.manifest.rest else None)
+        or DEFAULT_TIMEOUT_MS
+    )
+    try:
+        return await run_in_process(handler, ctx, payload, timeout_ms / 1000)
+    except PluginError as exc:
+        declared = {e.code: e.http for e in route.errors}
+        exc.status = declared.get(exc.code, exc.http_status)
+        raise
+    except KbError:
+        raise
+    except Exception as exc:
+        logger.opt(exception=exc).error("plugin {} handler {} failed", plugin.id, route.handler)
+        raise KbError(
+            "PLUGIN_HANDLER_FAILED",
+            f"{plugin.id}: the handler failed ({type(exc).__name__}); see the server log",
+            500,
+        ) from exc
+
+
+def _context(request: Request, mounted: MountedRoute) -> HandlerContext:
+    plugin, route = mounted.plugin, mounted.route
+    runtime = request.app.state.runtime
+    cwd = runtime.settings.project_root
+    outdir = cwd / ".kb" / "output"
+    perms = effective(plugin.manifest.permissions, route.permissions)
+    section = plugin.manifest.config_section
+    return HandlerContext(
+        host="rest",
+        plugin_id=plugin.id,
+        plugin_version=plugin.manifest.version,
+        handler_id=route.handler,
+        request_id=context.request_id.get() or "",
+        trace_id=context.trace_id.get() or "",
+        tenant_id=namespace_of(request.scope),
+        cwd=cwd,
+        outdir=outdir,
+        guard=Guard(perms, plugin.id, cwd, outdir),
+        config=dict(runtime.settings.products.get(section, {})) if section else {},
+        host_context={
+            "method": request.method,
+            "path": request.url.path,
+            "headers": {k: v for k, v in request.headers.items() if k != "authorization"},
+            "query": dict(request.query_params),
+        },
+    )
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise KbError("VALIDATION_ERROR", f"request body is not valid JSON: {exc}", 400) from None
+
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+routes = [
+    Route("/api/v1/plugins", list_plugins, methods=["GET"]),
+    Route("/api/v1/plugins/registry", registry_snapshot, methods=["GET"]),
+    Route("/api/v1/plugins/health", plugins_health, methods=["GET"]),
+    Route("/api/v1/plugins/refresh", refresh, methods=["POST"]),
+    Route("/api/v1/plugins/enable", enable, methods=["POST"]),
+    Route("/api/v1/plugins/disable", disable, methods=["POST"]),
+]
+# Last in the app's table: everything under /api that no fixed route took.
+catch_all = Route("/api/{path:path}", dispatch, methods=ALL_METHODS, include_in_schema=False)

@@ -1,0 +1,132 @@
+"""Plugins end to end on a real server: link without restart, disable, enable, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import base_env, run_cli
+
+pytestmark = pytest.mark.live
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "plugins" / "kb-hello"
+GREET = "/api/v1/plugins/%40kb-labs%2Fhello/greet"  # a percent-encoded plugin id
+
+
+def poll(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+
+
+def copy_example(project: Path, name: str = "kb-hello") -> Path:
+    target = project / "plugins" / name
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def broken_plugin(project: Path, name: str, manifest: dict, module: str = "") -> Path:
+    folder = project / "plugins" / name
+    package = folder / name.replace("-", "_")
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "handlers.py").write_text(module)
+    (folder / "kb.plugin.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_link_disable_enable_without_restart(live_server_factory, project):
+    server = live_server_factory().start()
+    folder = copy_example(project)
+    assert httpx.get(server.url + GREET, headers=server.auth).status_code == 404
+
+    linked = run_cli("plugin", "link", str(folder), project=project, env=base_env(project))
+    assert linked.returncode == 0, linked.stderr
+    answer = poll(
+        lambda: (
+            (r := httpx.get(server.url + GREET + "?name=ada", headers=server.auth)).status_code
+            == 200
+            and r
+        )
+    )
+    assert answer and answer.json()["data"]["greeting"] == "hello ada"
+    item = httpx.get(server.url + "/api/v1/plugins/@kb-labs/hello/items/7", headers=server.auth)
+    assert item.json()["data"] == {"itemId": "7"}
+    empty = httpx.post(server.url + "/api/v1/plugins/@kb-labs/hello/echo", headers=server.auth)
+    assert empty.status_code == 422 and empty.json()["error"]["code"] == "EMPTY"
+
+    switch = f"{server.url}/api/v1/plugins"
+    body = {"pluginId": "@kb-labs/hello"}
+    assert httpx.post(f"{switch}/disable", json=body, headers=server.auth).status_code == 200
+    assert httpx.get(server.url + GREET, headers=server.auth).status_code == 404
+    assert httpx.post(f"{switch}/enable", json=body, headers=server.auth).status_code == 200
+    assert httpx.get(server.url + GREET, headers=server.auth).status_code == 200
+    unknown = httpx.post(f"{switch}/enable", json={"pluginId": "@x/y"}, headers=server.auth)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "PLUGIN_NOT_FOUND"
+    assert server.stop() == 0
+
+
+def test_broken_plugins_are_reported_and_do_not_stop_the_others(live_server_factory, project):
+    good = copy_example(project)
+    invalid = broken_plugin(project, "kb-invalid", {"schema": "kb.plugin/3", "id": "bad"})
+    raising = broken_plugin(
+        project,
+        "kb-raising",
+        {
+            "schema": "kb.plugin/3",
+            "id": "@kb/raising",
+            "version": "1.0.0",
+            "rest": {
+                "routes": [{"method": "GET", "path": "/x", "handler": "kb_raising.handlers:x"}]
+            },
+        },
+        "raise RuntimeError('broken at import')\n",
+    )
+    env = base_env(project)
+    assert run_cli("plugin", "link", str(good), project=project, env=env).returncode == 0
+    assert run_cli("plugin", "link", str(invalid), project=project, env=env).returncode == 2
+    assert run_cli("plugin", "link", str(raising), project=project, env=env).returncode == 2
+    # link them anyway by hand, as a broken install would leave them
+    lock = json.loads((project / ".kb" / "marketplace.lock").read_text())
+    for key, folder in (("bad", invalid), ("@kb/raising", raising)):
+        lock["installed"][key] = {"resolvedPath": f"./plugins/{folder.name}", "source": "local"}
+    (project / ".kb" / "marketplace.lock").write_text(json.dumps(lock))
+
+    server = live_server_factory().start()
+    health = httpx.get(f"{server.url}/api/v1/plugins/health", headers=server.auth).json()["data"]
+    codes = {d["pluginId"]: d["code"] for d in health["failed"]}
+    assert codes == {"bad": "MANIFEST_INVALID", "@kb/raising": "MODULE_IMPORT_FAILED"}
+    assert health["loaded"] == 1
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["ready"] is True
+    assert ready["components"]["plugins"]["status"] == "degraded"
+    assert "2 plugin(s) failed" in ready["components"]["plugins"]["message"]
+    assert httpx.get(server.url + GREET, headers=server.auth).status_code == 200
+    assert server.stop() == 0
+
+
+def test_plugin_validate_reports_paths(project):
+    folder = broken_plugin(
+        project, "kb-v", {"schema": "kb.plugin/3", "id": "@kb/v", "version": "x"}
+    )
+    result = run_cli("--json", "plugin", "validate", str(folder), project=project)
+    assert result.returncode == 2
+    assert [p["path"] for p in json.loads(result.stdout)["problems"]] == ["version"]
+    good = run_cli("plugin", "validate", str(EXAMPLE), project=project)
+    assert good.returncode == 0 and "valid" in good.stdout
+
+
+def test_link_outside_the_project_is_refused(project, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(EXAMPLE, outside, ignore=shutil.ignore_patterns("__pycache__"))
+    result = run_cli("--json", "plugin", "link", str(outside), project=project)
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["error"]["code"] == "LINK_OUTSIDE_ROOT"
