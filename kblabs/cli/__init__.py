@@ -91,8 +91,12 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     output = Output(as_json="--json" in argv)
+    parser = build_parser()
+    plugin_exit = _maybe_plugin_command(parser, argv, output)
+    if plugin_exit is not None:
+        return plugin_exit
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except UsageError as exc:
         output.failure(str(exc), code="USAGE")
         return ExitCode.USAGE
@@ -110,6 +114,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         output.failure("interrupted", code="INTERRUPTED")
         return ExitCode.INTERRUPTED
+
+
+def _maybe_plugin_command(parser: Parser, argv: list[str], output: Output) -> int | None:
+    """A first word that is no built-in command may be a plugin's command."""
+    words = [w for w in argv if not w.startswith("-")]
+    builtin = {
+        name
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+    if not words or words[0] in builtin:
+        return None
+    from kblabs.cli.plugin_commands import run_plugin_command
+    from kblabs.config import load_settings
+
+    quiet_logging(None)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        report_config_problems(output, exc)
+        return ExitCode.USAGE
+    return run_plugin_command(argv, settings, output)
 
 
 def quiet_logging(level: str | None) -> None:

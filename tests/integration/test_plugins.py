@@ -130,3 +130,20 @@ def test_link_outside_the_project_is_refused(project, tmp_path):
     result = run_cli("--json", "plugin", "link", str(outside), project=project)
     assert result.returncode == 2
     assert json.loads(result.stdout)["error"]["code"] == "LINK_OUTSIDE_ROOT"
+
+
+def test_plugin_commands_run_in_process_and_go_away_when_unlinked(project):
+    folder = copy_example(project)
+    env = base_env(project)
+    assert run_cli("plugin", "link", str(folder), project=project, env=env).returncode == 0
+    greeted = run_cli("hello", "greet", "--name", "ada", project=project, env=env)
+    assert greeted.returncode == 0, greeted.stderr
+    assert greeted.stdout.strip() == "hello ada"
+    shouted = run_cli("--json", "hello", "greet", "-n", "ada", "--shout", project=project, env=env)
+    assert json.loads(shouted.stdout) == {"ok": True, "result": "HELLO ADA"}
+    helped = run_cli("hello", "greet", "--help", project=project, env=env)
+    assert helped.returncode == 0 and "--shout" in helped.stdout
+    assert run_cli("hello", "greet", "--bogus", project=project, env=env).returncode == 2
+    assert run_cli("plugin", "unlink", "@kb-labs/hello", project=project, env=env).returncode == 0
+    gone = run_cli("hello", "greet", project=project, env=env)
+    assert gone.returncode == 2 and "invalid choice" in gone.stderr

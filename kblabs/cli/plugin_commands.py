@@ -1,0 +1,130 @@
+"""Commands that plugins contribute: `python -m kblabs <group> [<subgroup>] <command>`.
+
+Run in this process, without a server: the plugin registry is read from the lock, the
+command's flags become an argparse parser (so `--help` is generated), and the handler
+gets `(ctx, {"flags": {...}, "argv": [...]})` with `ctx.host == "cli"`. Exit codes: 0 ok,
+1 the command failed (an error it raised, a permission denied), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from kblabs.errors import ExitCode, KbError
+
+FLAG_TYPES: dict[str, Any] = {"string": str, "number": float, "array": str}
+
+
+def find_command(argv: list[str], settings) -> tuple[Any, Any, list[str]] | None:
+    """(plugin, command, remaining argv) for the words at the start of `argv`."""
+    from kblabs.marketplace.lockfile import LockFile
+    from kblabs.plugins.discovery import discover
+
+    words = [w for w in argv if not w.startswith("-")][:3]
+    found = discover(LockFile.in_data_dir(settings.data_dir), settings.project_root)
+    best = None
+    for plugin in found.plugins:
+        for command in plugin.manifest.cli.commands if plugin.manifest.cli else []:
+            path = [p for p in (command.group, command.subgroup) if p] + command.id.split(":")
+            if words[: len(path)] == path and (best is None or len(path) > len(best[2])):
+                best = (plugin, command, path)
+    if best is None:
+        return None
+    plugin, command, path = best
+    rest = list(argv)
+    for word in path:
+        rest.remove(word)
+    return plugin, command, rest
+
+
+def _parser(plugin, command, prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=command.describe or plugin.id)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    for flag in command.flags:
+        names = [f"--{flag.name}"] + ([f"-{flag.alias}"] if flag.alias else [])
+        options: dict[str, Any] = {"help": flag.description, "dest": flag.name}
+        if flag.type == "boolean":
+            options["action"] = "store_true"
+        else:
+            options.update(
+                type=FLAG_TYPES[flag.type],
+                required=flag.required,
+                default=flag.default,
+                choices=flag.choices,
+            )
+            if flag.type == "array":
+                options["action"] = "append"
+        parser.add_argument(*names, **options)
+    return parser
+
+
+def run_plugin_command(argv: list[str], settings, output) -> int | None:
+    """Run the plugin command named by `argv`; None when no plugin has it."""
+    found = find_command(argv, settings)
+    if found is None:
+        return None
+    plugin, command, rest = found
+    prog = "python -m kblabs " + " ".join(
+        [p for p in (command.group, command.subgroup) if p] + command.id.split(":")
+    )
+    parser = _parser(plugin, command, prog)
+    try:
+        flags = vars(parser.parse_args(rest))
+    except SystemExit as exc:  # --help (0), or a usage error argparse already printed
+        return ExitCode.OK if not exc.code else ExitCode.USAGE
+    as_json = flags.pop("json") or output.as_json
+    try:
+        result = asyncio.run(_execute(plugin, command, flags, rest, settings))
+    except KbError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": exc.to_dict()}))
+        else:
+            output.errors.print(f"[red]{exc.code}:[/red] {exc.message}", markup=True)
+        return ExitCode.FAILURE
+    if as_json:
+        print(json.dumps({"ok": True, "result": result}, default=str))
+    elif isinstance(result, str):
+        output.console.print(result)
+    elif result is not None:
+        output.console.print_json(json.dumps(result, default=str))
+    return ExitCode.OK
+
+
+async def _execute(plugin, command, flags: dict[str, Any], argv: list[str], settings) -> Any:
+    import uuid
+
+    from kblabs.plugins.executor import HandlerContext, run_in_process
+    from kblabs.plugins.handlers import import_handler
+    from kblabs.plugins.permissions import Guard, effective
+
+    handler = import_handler(command.handler, plugin.root)
+    cwd = Path.cwd()
+    outdir = settings.project_root / ".kb" / "output"
+    perms = effective(plugin.manifest.permissions, command.permissions)
+    section = plugin.manifest.config_section
+    ctx = HandlerContext(
+        host="cli",
+        plugin_id=plugin.id,
+        plugin_version=plugin.manifest.version,
+        handler_id=command.handler,
+        request_id=str(uuid.uuid4()),
+        trace_id="",
+        tenant_id="default",
+        cwd=cwd,
+        outdir=outdir,
+        guard=Guard(perms, plugin.id, cwd, outdir),
+        config=dict(settings.products.get(section, {})) if section else {},
+        host_context={"argv": argv, "flags": flags},
+    )
+    timeout_s = (
+        plugin.manifest.permissions.quotas.timeout_ms
+        if plugin.manifest.permissions
+        and plugin.manifest.permissions.quotas
+        and plugin.manifest.permissions.quotas.timeout_ms
+        else 600_000
+    ) / 1000
+    return await run_in_process(handler, ctx, {"flags": flags, "argv": argv}, timeout_s)
