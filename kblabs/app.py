@@ -198,6 +198,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     app.state.probe_cache = endpoints._ProbeCache()
     app.state.health_cpu = CpuPercent()  # its own window: /metrics scrapes keep theirs
     app.state.on_ready = []  # callables run once every component has started
+    app.state.openapi_sources = [lambda: plugin_api.openapi_paths(runtime.plugins)]
     # coroutines run when draining starts: close WebSockets so they do not hold the drain
     app.state.on_drain = [runtime.executions.drain, runtime.hub.drain]
     return app

@@ -51,8 +51,16 @@ def _operation(route: Route, path: str, public: frozenset[str]) -> dict[str, Any
     return operation
 
 
-def build_spec(routes: list[BaseRoute], public: frozenset[str]) -> dict[str, Any]:
+def build_spec(
+    routes: list[BaseRoute],
+    public: frozenset[str],
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The spec of `routes`, plus `extra` operations ({path: {method: operation}}) from
+    modules that route dynamically (plugin routes)."""
     paths: dict[str, dict[str, Any]] = {}
+    for path, operations in (extra or {}).items():
+        paths.setdefault(path, {}).update(operations)
     for path, route in walk_routes(routes):
         if not isinstance(route, Route) or getattr(route, "include_in_schema", True) is False:
             continue
@@ -67,14 +75,23 @@ def build_spec(routes: list[BaseRoute], public: frozenset[str]) -> dict[str, Any
     }
 
 
+def _extra(request: Request) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for source in getattr(request.app.state, "openapi_sources", []):
+        for path, operations in source().items():
+            merged.setdefault(path, {}).update(operations)
+    return merged
+
+
 async def openapi_json(request: Request) -> JSONResponse:
     """The OpenAPI 3.1 description of every mounted route."""
-    return JSONResponse(build_spec(request.app.routes, request.app.state.public_paths))
+    spec = build_spec(request.app.routes, request.app.state.public_paths, _extra(request))
+    return JSONResponse(spec)
 
 
 async def docs(request: Request) -> HTMLResponse:
     """A readable list of every route (development only)."""
-    spec = build_spec(request.app.routes, request.app.state.public_paths)
+    spec = build_spec(request.app.routes, request.app.state.public_paths, _extra(request))
     rows = []
     for path, methods in spec["paths"].items():
         for method, op in methods.items():

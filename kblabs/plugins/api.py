@@ -25,6 +25,7 @@ from kblabs.http.envelope import ok
 from kblabs.http.middleware import ROUTE_KEY
 from kblabs.http.validation import json_body
 from kblabs.observability import context
+from kblabs.plugins import schemas
 from kblabs.plugins.executor import HandlerContext, run_in_process
 from kblabs.plugins.handlers import import_handler
 from kblabs.plugins.permissions import Guard, effective
@@ -127,13 +128,22 @@ async def _call(request: Request, mounted: MountedRoute, params: dict[str, Any])
     handler = import_handler(route.handler, plugin.root)
     ctx = _context(request, mounted)
     payload = {"query": dict(request.query_params), "body": await _body(request), "params": params}
+    invalid = schemas.problems(route.input, payload, plugin.root)
+    if invalid:
+        first = invalid[0]
+        raise KbError(
+            "VALIDATION_ERROR",
+            f"{first['field'] or 'input'}: {first['message']}",
+            400,
+            details=invalid,
+        )
     timeout_ms = (
         route.timeout_ms
         or (plugin.manifest.rest.defaults.get("timeoutMs") if plugin.manifest.rest else None)
         or DEFAULT_TIMEOUT_MS
     )
     try:
-        return await run_in_process(handler, ctx, payload, timeout_ms / 1000)
+        result = await run_in_process(handler, ctx, payload, timeout_ms / 1000)
     except PluginError as exc:
         declared = {e.code: e.http for e in route.errors}
         exc.status = declared.get(exc.code, exc.http_status)
@@ -147,6 +157,30 @@ async def _call(request: Request, mounted: MountedRoute, params: dict[str, Any])
             f"{plugin.id}: the handler failed ({type(exc).__name__}); see the server log",
             500,
         ) from exc
+    _check_output(request, mounted, result)
+    return result
+
+
+def _check_output(request: Request, mounted: MountedRoute, result: Any) -> None:
+    """Outputs are checked in development (500 OUTPUT_INVALID) and only logged elsewhere:
+    a plugin's contract bug should not break production callers."""
+    invalid = schemas.problems(mounted.route.output, result, mounted.plugin.root)
+    if not invalid:
+        return
+    if request.app.state.runtime.settings.is_production:
+        logger.warning(
+            "{} returned output that does not fit its schema: {}",
+            mounted.route.handler,
+            invalid[:3],
+        )
+        return
+    raise KbError(
+        "OUTPUT_INVALID",
+        f"{mounted.route.handler} returned output that does not fit its declared schema "
+        "(checked in development only)",
+        500,
+        details=invalid,
+    )
 
 
 def _context(request: Request, mounted: MountedRoute) -> HandlerContext:
@@ -185,6 +219,41 @@ async def _body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise KbError("VALIDATION_ERROR", f"request body is not valid JSON: {exc}", 400) from None
+
+
+def openapi_paths(registry: PluginRegistry) -> dict[str, dict[str, Any]]:
+    """OpenAPI operations of every mounted plugin route, with their schemas."""
+    paths: dict[str, dict[str, Any]] = {}
+    for mounted in registry.routes:
+        route = mounted.route
+        operation: dict[str, Any] = {
+            "summary": route.description or route.handler,
+            "tags": [mounted.plugin.id],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK"},
+                **{str(e.http): {"description": e.description or e.code} for e in route.errors},
+            },
+        }
+        params = [name for name in mounted.converters]
+        if params:
+            operation["parameters"] = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                for n in params
+            ]
+        input_schema = schemas.schema_document(route.input) if route.input else None
+        if input_schema is not None:
+            operation["x-kb-input"] = input_schema  # covers {query, body, params}
+            body = (input_schema.get("properties") or {}).get("body")
+            if body is not None:
+                operation["requestBody"] = {"content": {"application/json": {"schema": body}}}
+        output_schema = schemas.schema_document(route.output) if route.output else None
+        if output_schema is not None:
+            operation["responses"]["200"]["content"] = {
+                "application/json": {"schema": output_schema}
+            }
+        paths.setdefault(mounted.template, {})[route.method.lower()] = operation
+    return paths
 
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]

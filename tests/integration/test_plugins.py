@@ -63,6 +63,26 @@ def test_link_disable_enable_without_restart(live_server_factory, project):
     empty = httpx.post(server.url + "/api/v1/plugins/@kb-labs/hello/echo", headers=server.auth)
     assert empty.status_code == 422 and empty.json()["error"]["code"] == "EMPTY"
 
+    total = httpx.post(
+        server.url + "/api/v1/plugins/@kb-labs/hello/sum",
+        json={"a": 2, "b": 3},
+        headers=server.auth,
+    )
+    assert total.json()["data"] == {"sum": 5}
+    wrong = httpx.post(
+        server.url + "/api/v1/plugins/@kb-labs/hello/sum", json={"a": "two"}, headers=server.auth
+    )
+    assert wrong.status_code == 400
+    assert {d["field"] for d in wrong.json()["error"]["details"]} == {"body", "body.a"}
+    broken = httpx.get(
+        server.url + "/api/v1/plugins/@kb-labs/hello/broken-output", headers=server.auth
+    )
+    assert broken.status_code == 500 and broken.json()["error"]["code"] == "OUTPUT_INVALID"
+    spec = httpx.get(server.url + "/openapi.json").json()
+    sum_op = spec["paths"]["/api/v1/plugins/@kb-labs/hello/sum"]["post"]
+    assert sum_op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["a", "b"]
+    assert "/api/v1/plugins/@kb-labs/hello/items/{itemId}" in spec["paths"]
+
     switch = f"{server.url}/api/v1/plugins"
     body = {"pluginId": "@kb-labs/hello"}
     assert httpx.post(f"{switch}/disable", json=body, headers=server.auth).status_code == 200

@@ -19,3 +19,12 @@ def echo(ctx, input):  # a plain function: runs in a worker thread
 class Item:
     async def execute(self, ctx, input):
         return {"itemId": input["params"]["itemId"]}
+
+
+async def add(ctx, input):
+    body = input["body"]
+    return {"sum": body["a"] + body["b"]}
+
+
+async def broken_output(ctx, input):
+    return {"total": 3}  # does not fit the declared output: 500 in development
