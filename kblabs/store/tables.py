@@ -105,3 +105,44 @@ gateway_hosts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+
+# --- analytics (kblabs.platform: the embedded analytics adapter) ------------------------
+
+analytics_events = Table(
+    "analytics_events",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("type", String(256), nullable=False, index=True),
+    Column("ts", DateTime(timezone=True), nullable=False, index=True),
+    Column("ingest_ts", DateTime(timezone=True), nullable=False),
+    Column("namespace_id", String(64), nullable=False),
+    Column("source", JSON, nullable=False),  # {product, version}
+    Column("run_id", String(64), nullable=True),
+    Column("actor", JSON, nullable=True),  # {type, id, name}
+    Column("ctx", JSON, nullable=True),
+    Column("payload", JSON, nullable=True),
+)
+
+# --- webhook deliveries (kblabs.rest.webhooks): a leased work queue ----------------------
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("delivery_id", String(128), primary_key=True),  # "<source>:<sender's id>"
+    Column("source", String(64), nullable=False),
+    Column("event", String(256), nullable=False),
+    Column("payload", JSON, nullable=True),
+    Column("handlers", JSON, nullable=False),  # [{"pluginId", "handler"}] matched on receipt
+    Column("status", String(16), nullable=False, index=True),  # queued|running|done|failed
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("available_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_token", String(64), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("results", JSON, nullable=True),
+    Column("error", String(2000), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -133,3 +133,19 @@ async def test_stop_checkpoints_the_wal(project):
     assert not wal.exists() or wal.stat().st_size == 0
     with sqlite3.connect(database) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_migrations_match_the_table_definitions(project, database_env):
+    """Every table change comes with a migration: autogenerate finds nothing to add."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from kblabs.store import metadata
+
+    store = await started_store(project, database_env)
+    async with store.engine.connect() as connection:
+        diff = await connection.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+        )
+    await store.stop()
+    assert diff == []
