@@ -66,8 +66,8 @@ from kblabs.marketplace.lockfile import LockFile
 from kblabs.observability import debug, endpoints
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
-from kblabs.plugins import api as plugin_api
 from kblabs.plugins.registry import PluginRegistry
+from kblabs.rest import plugins as plugin_api
 from kblabs.runtime import Runtime
 from kblabs.state import api as state_api
 from kblabs.state.ratelimit import TenantRateLimitMiddleware

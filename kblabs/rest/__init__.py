@@ -1,0 +1,1 @@
+"""REST: platform routes about plugins, plugin route dispatch, webhooks."""
