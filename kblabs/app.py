@@ -21,12 +21,13 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /api/v1/state/…                    state broker: kv, locks, counters, limits bearer
     /api/v1/plugins[/registry|health]  loaded plugins and diagnostics            bearer
     /api/v1/plugins/refresh|enable|disable  switches ({"pluginId"})         operator/admin
+    /api/v1/webhooks/{source}          signed deliveries → plugin handlers     HMAC signature
     /api/… (anything else)             plugin-declared routes (catch-all, last) bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → state → auth → plugins → gateway → loop-lag-sampler
+    data-dir → store → state → auth → plugins → webhooks → gateway → loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
 """
@@ -68,6 +69,8 @@ from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
 from kblabs.plugins.registry import PluginRegistry
 from kblabs.rest import plugins as plugin_api
+from kblabs.rest import webhooks as webhook_api
+from kblabs.rest.webhooks import WebhookQueue
 from kblabs.runtime import Runtime
 from kblabs.state import api as state_api
 from kblabs.state.ratelimit import TenantRateLimitMiddleware
@@ -105,10 +108,23 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
     hub.client_capabilities = auth.client_capabilities
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
-    lifecycle = Lifecycle([DataDir(settings.data_dir), store, state, auth, plugins, hub, loop_lag])
+    webhooks = WebhookQueue(store, plugins)
+    lifecycle = Lifecycle(
+        [DataDir(settings.data_dir), store, state, auth, plugins, webhooks, hub, loop_lag]
+    )
     metrics.health = lifecycle.health
     return Runtime(
-        settings, store, state, auth, plugins, hub, Executions(), loop_lag, lifecycle, metrics
+        settings,
+        store,
+        state,
+        auth,
+        plugins,
+        webhooks,
+        hub,
+        Executions(),
+        loop_lag,
+        lifecycle,
+        metrics,
     )
 
 
@@ -128,6 +144,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *execute.routes,
         Mount("/api/v1/state", routes=state_api.routes),
         *plugin_api.routes,
+        *webhook_api.routes,
     ]
     if not settings.is_production:
         table.append(Route("/docs", docs, methods=["GET"], include_in_schema=False))

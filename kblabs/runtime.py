@@ -18,6 +18,7 @@ from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import Metrics
 from kblabs.observability.operations import OperationStats
 from kblabs.plugins.registry import PluginRegistry
+from kblabs.rest.webhooks import WebhookQueue
 from kblabs.state.service import StateBroker
 from kblabs.store import Store
 
@@ -29,6 +30,7 @@ class Runtime:
     state: StateBroker
     auth: AuthService
     plugins: PluginRegistry
+    webhooks: WebhookQueue
     hub: HostHub
     executions: Executions
     loop_lag: LoopLagSampler
