@@ -154,6 +154,7 @@ class HostHub:
         # client id → capabilities declared at /auth/register (set by the app)
         self.client_capabilities: Callable[[str], Awaitable[list[str]]] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self.draining = False
 
     async def start(self) -> None:
         await self.registry.reset_statuses()
@@ -169,7 +170,8 @@ class HostHub:
     async def drain(self) -> None:
         """Close every tunnel (1012: the service restarts, agents reconnect elsewhere or
         later). Run when draining starts, so open WebSockets do not hold the graceful
-        shutdown for its whole timeout."""
+        shutdown for its whole timeout. New tunnels are refused from now on."""
+        self.draining = True
         for live in list(self.registry.live.values()):
             for session in list(live.connections.values()):
                 session.fail_all()
@@ -221,6 +223,9 @@ class HostHub:
         """Host-agent protocol 1.0 (WebSocket, machine tokens only)."""
         identity = identity_of(websocket.scope)
         await websocket.accept()
+        if self.draining:
+            await websocket.close(code=1012, reason="server restarting")
+            return
         if identity is None or identity.role != "machine" or not identity.host_id:
             await websocket.close(code=1008, reason="a machine token is required")
             return

@@ -303,7 +303,7 @@ def test_agent_reconnects_after_a_server_restart(
     wait_online(second, host_id, agent, timeout=20)
     assert agent.process is not None and agent.process.poll() is None
     log = agent.log()
-    assert log.count("connected to ws://") == 2, log
+    assert log.count("connected to ws://") >= 2, log  # a try during the drain may count
     assert "reconnecting in" in log
     reply = dispatch(second, host_id, "filesystem", "exists", ["hello.txt"])
     assert reply.status_code == 200 and reply.json()["result"] is True
