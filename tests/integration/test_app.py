@@ -43,6 +43,7 @@ async def test_ready_reports_every_component(app_client):
         "state",
         "auth",
         "plugins",
+        "webhooks",
         "gateway",
         "loop-lag-sampler",
     ]
