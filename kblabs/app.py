@@ -27,7 +27,8 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → state → auth → plugins → webhooks → gateway → loop-lag-sampler
+    data-dir → store → adapters → state → auth → plugins → webhooks → gateway →
+    loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
 """
@@ -67,6 +68,7 @@ from kblabs.marketplace.lockfile import LockFile
 from kblabs.observability import debug, endpoints
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
+from kblabs.platform import AdapterRegistry, PlatformContextMiddleware
 from kblabs.plugins.registry import PluginRegistry
 from kblabs.rest import plugins as plugin_api
 from kblabs.rest import webhooks as webhook_api
@@ -101,6 +103,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     loop_lag = LoopLagSampler()
     metrics = Metrics(loop_lag)
     store = Store(settings, migrate=migrate)
+    adapters = AdapterRegistry(settings, store, metrics=metrics.registry)
     state = StateBroker(settings, metrics.registry)
     auth = AuthService(settings, store, state)
     auth.public_url = public_url(settings)
@@ -110,12 +113,13 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
     webhooks = WebhookQueue(store, plugins)
     lifecycle = Lifecycle(
-        [DataDir(settings.data_dir), store, state, auth, plugins, webhooks, hub, loop_lag]
+        [DataDir(settings.data_dir), store, adapters, state, auth, plugins, webhooks, hub, loop_lag]
     )
     metrics.health = lifecycle.health
     return Runtime(
         settings,
         store,
+        adapters,
         state,
         auth,
         plugins,
@@ -157,6 +161,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
 def middleware(settings: Settings, runtime: Runtime, public: frozenset[str]) -> list[Middleware]:
     stack = [
         Middleware(RequestContextMiddleware),
+        Middleware(PlatformContextMiddleware, registry=runtime.adapters),
         Middleware(AccessLogMiddleware, metrics=runtime.metrics, operations=runtime.operations),
         Middleware(SecurityHeadersMiddleware),
     ]

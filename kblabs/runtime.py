@@ -17,6 +17,7 @@ from kblabs.lifecycle import Lifecycle
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import Metrics
 from kblabs.observability.operations import OperationStats
+from kblabs.platform import AdapterRegistry
 from kblabs.plugins.registry import PluginRegistry
 from kblabs.rest.webhooks import WebhookQueue
 from kblabs.state.service import StateBroker
@@ -27,6 +28,7 @@ from kblabs.store import Store
 class Runtime:
     settings: Settings
     store: Store
+    adapters: AdapterRegistry
     state: StateBroker
     auth: AuthService
     plugins: PluginRegistry
