@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -35,3 +37,25 @@ def write_secret_file(path: Path, content: str) -> bool:
     with os.fdopen(fd, "w") as handle:
         handle.write(content + "\n")
     return True
+
+
+def atomic_write(path: Path, data: bytes, *, temp_prefix: str = ".tmp-") -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never a
+    part: a temp file in the same folder, fsync, rename, then fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=temp_prefix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

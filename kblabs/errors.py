@@ -53,3 +53,12 @@ class StartupError(Exception):
         super().__init__(f"{component}: {message}")
         self.component = component
         self.message = message
+
+
+def json_path(loc: Any) -> str:
+    """("rest", "routes", 0, "handler") → "rest.routes[0].handler", for messages that name
+    where in a document a problem is."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path

@@ -24,6 +24,7 @@ from kblabs.config.problems import ConfigError, ConfigProblem
 from kblabs.config.profiles import check_profiles, resolve_products
 from kblabs.config.secrets import literal_secrets
 from kblabs.config.settings import FileSettings, Profile, Settings
+from kblabs.errors import json_path
 
 # Environment variables → JSON path in the config document. The first set name wins.
 ENV_OVERRIDES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -244,7 +245,7 @@ def _validate(
         return FileSettings.model_validate(document)
     except ValidationError as exc:
         for error in exc.errors():
-            path = _json_path(error["loc"])
+            path = json_path(error["loc"])
             origin = next(
                 (src for key, src in sources.items() if path == key or path.startswith(key + ".")),
                 source,
@@ -260,16 +261,6 @@ def _message(error: Any) -> str:
     if error["type"] not in ("missing",) and "input" in error:
         message += f" (got {error['input']!r})"
     return message
-
-
-def _json_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
 
 
 def _set_path(document: dict[str, Any], path: str, value: Any) -> None:

@@ -8,16 +8,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from kblabs.errors import KbError
+from kblabs.errors import KbError, json_path
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def _field(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
 
 
 def field_error(field: str, message: str) -> KbError:
@@ -31,7 +24,7 @@ def field_error(field: str, message: str) -> KbError:
 
 
 def validation_error(exc: ValidationError) -> KbError:
-    problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    problems = [{"field": json_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
     first = problems[0]
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     if len(problems) > 1:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+
+from kblabs.datadir import atomic_write
 
 SCHEMA = "kb.marketplace/2"
 FILE_NAME = "marketplace.lock"
@@ -90,8 +90,10 @@ class LockFile:
         }
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         if self.path.exists():
-            _atomic_write(self.backup_path, self.path.read_bytes())
-        _atomic_write(self.path, text.encode())
+            atomic_write(
+                self.backup_path, self.path.read_bytes(), temp_prefix=f".{self.path.name}."
+            )
+        atomic_write(self.path, text.encode(), temp_prefix=f".{self.path.name}.")
 
 
 def _parse(text: str, path: Path) -> dict[str, LockEntry]:
@@ -118,25 +120,6 @@ def _parse(text: str, path: Path) -> dict[str, LockEntry]:
     if problems:
         raise LockFileError(f"{path}: " + "; ".join(problems))
     return entries
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def entry_to_dict(entry: LockEntry) -> dict[str, Any]:

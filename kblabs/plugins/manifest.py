@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from kblabs.errors import json_path
+
 SCHEMA = "kb.plugin/3"
 PLUGIN_ID = r"^@[a-z0-9-]+/[a-z0-9-]+$"
 VERSION = r"^\d+\.\d+\.\d+"
@@ -314,16 +316,6 @@ class Manifest(Spec):
 Permissions.model_rebuild()
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
 def _duplicates(values: list[tuple[str, Any]]) -> list[dict[str, str]]:
     seen: dict[Any, str] = {}
     problems = []
@@ -365,7 +357,7 @@ def validate_manifest(data: Any) -> tuple[Manifest | None, list[dict[str, str]]]
     except ValidationError as exc:
         return None, [
             {
-                "path": _path(e["loc"]),
+                "path": json_path(e["loc"]),
                 "message": "unknown key" if e["type"] == "extra_forbidden" else e["msg"],
             }
             for e in exc.errors()

@@ -14,15 +14,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
-from kblabs.errors import KbError
+from kblabs.errors import KbError, json_path
 from kblabs.plugins.handlers import import_handler
-
-
-def _json_path(parts: Any) -> str:
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
 
 
 def schema_document(schema: dict[str, Any]) -> dict[str, Any] | None:
@@ -45,11 +38,11 @@ def problems(schema: dict[str, Any] | None, value: Any, root: Path | None) -> li
         try:
             model.model_validate(value)
         except ValidationError as exc:
-            return [{"field": _json_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+            return [{"field": json_path(e["loc"]), "message": e["msg"]} for e in exc.errors()]
         return []
     document = schema_document(schema) or {}
     validator = Draft202012Validator(document)
     return [
-        {"field": _json_path(error.absolute_path), "message": error.message}
+        {"field": json_path(error.absolute_path), "message": error.message}
         for error in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     ]

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
+from kblabs.datadir import atomic_write
 from kblabs.errors import KbError
 from kblabs.platform.options import AdapterOptions
 
@@ -133,15 +132,4 @@ def _delete(target: Path) -> bool:
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    atomic_write(target, data, temp_prefix=TEMP_PREFIX)
