@@ -111,7 +111,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
     hub.client_capabilities = auth.client_capabilities
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
-    webhooks = WebhookQueue(store, plugins)
+    webhooks = WebhookQueue(store, plugins, adapters)
     lifecycle = Lifecycle(
         [DataDir(settings.data_dir), store, adapters, state, auth, plugins, webhooks, hub, loop_lag]
     )

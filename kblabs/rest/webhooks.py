@@ -29,6 +29,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kblabs.errors import KbError
+from kblabs.platform import AdapterRegistry
+from kblabs.platform.hooks import bind_platform
 from kblabs.plugins.executor import HandlerContext, run_in_process
 from kblabs.plugins.handlers import import_handler
 from kblabs.plugins.permissions import Guard, effective
@@ -107,9 +109,12 @@ class WebhookQueue:
 
     name = "webhooks"
 
-    def __init__(self, store: Store, registry: PluginRegistry) -> None:
+    def __init__(
+        self, store: Store, registry: PluginRegistry, adapters: AdapterRegistry | None = None
+    ) -> None:
         self.store = store
         self.registry = registry
+        self.adapters = adapters  # bound around handlers, so use_cache() & co. work there
         self.worker_id = f"webhooks-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -261,7 +266,11 @@ class WebhookQueue:
             "payload": delivery["payload"],
             "deliveryId": delivery["delivery_id"],
         }
-        await run_in_process(handler, ctx, payload, HANDLER_TIMEOUT_S)
+        if self.adapters is None:
+            await run_in_process(handler, ctx, payload, HANDLER_TIMEOUT_S)
+            return
+        with bind_platform(self.adapters):
+            await run_in_process(handler, ctx, payload, HANDLER_TIMEOUT_S)
 
     async def _finish(
         self, delivery: dict[str, Any], results: dict[str, str], failures: list[str]

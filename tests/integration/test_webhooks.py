@@ -82,7 +82,12 @@ def test_events_without_handlers_are_accepted_and_done(hooked_server):
 FLAKY = """
 import pathlib
 
+from kblabs.platform.hooks import use_cache
+
+
 def on_push(ctx, input):
+    (pathlib.Path(ctx.outdir) / "cache-bound").parent.mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(ctx.outdir) / "cache-bound").write_text(str(use_cache() is not None))
     marker = pathlib.Path(ctx.outdir) / "attempts"
     marker.parent.mkdir(parents=True, exist_ok=True)
     count = int(marker.read_text()) + 1 if marker.exists() else 1
@@ -133,6 +138,7 @@ async def test_failed_handlers_are_retried_and_expired_leases_reclaimed(project,
 
         row = await finished("github:r1")
         assert row["status"] == "done" and row["attempts"] == 2
+        assert (project / ".kb" / "output" / "cache-bound").read_text() == "True"
 
         stale = datetime.now(UTC) - timedelta(minutes=5)
         async with app.state.runtime.store.engine.begin() as conn:
