@@ -8,13 +8,15 @@ without a restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from typing import Any
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -117,10 +119,27 @@ async def dispatch(request: Request) -> Response:
     request.scope[ROUTE_KEY] = mounted.template
     check_role(request, "viewer" if request.method == "GET" else "operator")
     started = time.perf_counter()
-    result = await _call(request, mounted, params)
+    await request.body()  # read (and cached) first: the disconnect watch must not eat it
+    work = asyncio.create_task(_call(request, mounted, params))
+    gone = asyncio.create_task(_client_gone(request))
+    await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not work.done():  # the client left: stop the handler (async handlers only)
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        logger.info("{} cancelled: the client disconnected", mounted.route.handler)
+        raise ClientDisconnect()
+    result = work.result()
     response = ok(request, result)
     response.headers["X-Execution-Time-Ms"] = str(round((time.perf_counter() - started) * 1000))
     return response
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (after the body, only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _call(request: Request, mounted: MountedRoute, params: dict[str, Any]) -> Any:

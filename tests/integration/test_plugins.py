@@ -167,3 +167,20 @@ def test_plugin_commands_run_in_process_and_go_away_when_unlinked(project):
     assert run_cli("plugin", "unlink", "@kb-labs/hello", project=project, env=env).returncode == 0
     gone = run_cli("hello", "greet", project=project, env=env)
     assert gone.returncode == 2 and "invalid choice" in gone.stderr
+
+
+def test_a_client_that_leaves_cancels_its_handler(live_server_factory, project):
+    folder = copy_example(project)
+    assert (
+        run_cli("plugin", "link", str(folder), project=project, env=base_env(project)).returncode
+        == 0
+    )
+    server = live_server_factory().start()
+    url = server.url + "/api/v1/plugins/@kb-labs/hello/slow?ms=20000"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(url, headers=server.auth, timeout=0.5)
+    marker = project / ".kb" / "output" / "slow-cancelled"
+    assert poll(marker.exists, timeout=5)
+    quick = httpx.get(url.replace("20000", "10"), headers=server.auth)
+    assert quick.json()["data"] == {"slept": True}
+    assert server.stop() == 0

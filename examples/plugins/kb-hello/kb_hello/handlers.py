@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from kblabs.sdk import PluginError
 
 
@@ -28,3 +30,13 @@ async def add(ctx, input):
 
 async def broken_output(ctx, input):
     return {"total": 3}  # does not fit the declared output: 500 in development
+
+
+async def slow(ctx, input):
+    try:
+        await asyncio.sleep(int(input["query"].get("ms", "1000")) / 1000)
+    except asyncio.CancelledError:  # client gone or timed out: clean up, then let it go
+        ctx.outdir.mkdir(parents=True, exist_ok=True)
+        (ctx.outdir / "slow-cancelled").write_text("cancelled")
+        raise
+    return {"slept": True}
