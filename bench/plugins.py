@@ -46,8 +46,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +57,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _server import (
+    ServerFailed,
+    base_environ,
+    cpu_seconds,
+    free_port,
+    read_lines,
+    stop_server,
+    wait_ready,
+)
 
 try:
     import sniffio  # noqa: F401
@@ -70,8 +77,6 @@ except ImportError:
     # (encode/httpcore discussion #1102, PR #1103.)
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
-OUTPUT_TAIL_LINES = 60
-POLL_INTERVAL_S = 0.02
 GOAL_RATIO = 0.7  # in-process plugin route req/s vs /api/v1/health (the issue's goal)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,69 +94,13 @@ EXPECTED_SUM = {"sum": 3}
 FIRST_START_NOTICES = ("generated a JWT signing secret", "first start: admin token written")
 # Variables that would reach into the kblabs config (kblabs/config/loader.py and
 # discovery.py) or make the server talk to systemd; the children run without them.
-SCRUBBED_EXACT = {
-    "NODE_ENV",
-    "LOG_LEVEL",
-    "PORT",
-    "REDIS_URL",
-    "NOTIFY_SOCKET",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-}
-SCRUBBED_PREFIXES = ("KB_",)
 SUBPROCESS_NOT_MEASURED = (
     "subprocess execution: not measured (route req/s, call overhead p50/p99): "
     "the subprocess executor is not built yet"
 )
 
 
-class ServerFailed(Exception):
-    """The server did not become ready; carries its combined stdout/stderr."""
-
-    def __init__(self, reason: str, output: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.output = output
-
-
 # --- the server ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def base_environ() -> dict[str, str]:
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key not in SCRUBBED_EXACT and not key.startswith(SCRUBBED_PREFIXES)
-    }
-
-
-def read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-
-
-def read_output(path: Path) -> str:
-    lines = read_lines(path)
-    if len(lines) > OUTPUT_TAIL_LINES:
-        skipped = len(lines) - OUTPUT_TAIL_LINES
-        lines = [f"[... {skipped} earlier lines]", *lines[-OUTPUT_TAIL_LINES:]]
-    return "\n".join(lines)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (threads included)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # after the command: state is fields[0], so utime (14) and stime (15) are 11 and 12
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def link_plugin(project_root: Path, deadline_s: float) -> dict[str, Any]:
@@ -210,54 +159,6 @@ def start_server(project_root: Path, log_dir: Path) -> tuple[subprocess.Popen, P
             start_new_session=True,  # its own process group, so cleanup gets everything
         )
     return proc, log, port
-
-
-async def wait_ready(
-    proc: subprocess.Popen, port: int, log: Path, token_file: Path, deadline_s: float
-) -> tuple[str, float]:
-    """(admin token, seconds until /ready first answered 200)."""
-    started = time.perf_counter()
-    url = f"http://127.0.0.1:{port}/ready"
-    async with httpx.AsyncClient(trust_env=False) as client:
-        while True:
-            code = proc.poll()
-            if code is not None:
-                raise ServerFailed(f"exited with code {code} before ready", read_output(log))
-            remaining = started + deadline_s - time.perf_counter()
-            if remaining <= 0:
-                raise ServerFailed(f"not ready within {deadline_s:g} s", read_output(log))
-            try:
-                response = await client.get(url, timeout=remaining)
-                if response.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # refused, reset or timed out: not ready yet
-            await asyncio.sleep(POLL_INTERVAL_S)
-    ready_s = time.perf_counter() - started
-    try:
-        token = token_file.read_text().strip()
-    except OSError as exc:
-        raise ServerFailed(f"no admin token at {token_file}: {exc}", read_output(log)) from exc
-    if not token:
-        raise ServerFailed(f"empty admin token at {token_file}", read_output(log))
-    return token, ready_s
-
-
-def stop_server(proc: subprocess.Popen, deadline_s: float) -> int | None:
-    """SIGTERM, wait; SIGKILL the process group if it is still there. The exit code,
-    or None when it had to be killed."""
-    if proc.poll() is not None:
-        return proc.returncode
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=deadline_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        return None
 
 
 # --- load ------------------------------------------------------------------------------
@@ -636,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run_bench(args))
     except ServerFailed as exc:
         if args.json:
-            print(json.dumps({"error": str(exc), "output": exc.output}, indent=2))
+            print(json.dumps({"error": exc.reason, "output": exc.output}, indent=2))
         print(f"server failed to start: {exc.reason}", file=sys.stderr)
         print("its output:", file=sys.stderr)
         print(exc.output or "(no output)", file=sys.stderr)
