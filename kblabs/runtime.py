@@ -19,6 +19,7 @@ from kblabs.observability.metrics import Metrics
 from kblabs.observability.operations import OperationStats
 from kblabs.platform import AdapterRegistry
 from kblabs.plugins.registry import PluginRegistry
+from kblabs.plugins.runner import PluginRunner
 from kblabs.rest.webhooks import WebhookQueue
 from kblabs.state.service import StateBroker
 from kblabs.store import Store
@@ -32,6 +33,7 @@ class Runtime:
     state: StateBroker
     auth: AuthService
     plugins: PluginRegistry
+    runner: PluginRunner
     webhooks: WebhookQueue
     hub: HostHub
     executions: Executions

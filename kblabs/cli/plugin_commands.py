@@ -17,17 +17,22 @@ from typing import Any
 from kblabs.errors import ExitCode, KbError
 
 FLAG_TYPES: dict[str, Any] = {"string": str, "number": float, "array": str}
+CLI_TIMEOUT_MS = 600_000  # unless the plugin's quotas.timeoutMs says otherwise
+
+
+def find_plugins(settings) -> list[Any]:
+    """The enabled, loadable plugins of the project's marketplace lock."""
+    from kblabs.marketplace.lockfile import LockFile
+    from kblabs.plugins.discovery import discover
+
+    return discover(LockFile.in_data_dir(settings.data_dir), settings.project_root).plugins
 
 
 def find_command(argv: list[str], settings) -> tuple[Any, Any, list[str]] | None:
     """(plugin, command, remaining argv) for the words at the start of `argv`."""
-    from kblabs.marketplace.lockfile import LockFile
-    from kblabs.plugins.discovery import discover
-
     words = [w for w in argv if not w.startswith("-")][:3]
-    found = discover(LockFile.in_data_dir(settings.data_dir), settings.project_root)
     best = None
-    for plugin in found.plugins:
+    for plugin in find_plugins(settings):
         for command in plugin.manifest.cli.commands if plugin.manifest.cli else []:
             path = [p for p in (command.group, command.subgroup) if p] + command.id.split(":")
             if words[: len(path)] == path and (best is None or len(path) > len(best[2])):
@@ -78,7 +83,7 @@ def run_plugin_command(argv: list[str], settings, output) -> int | None:
         return ExitCode.OK if not exc.code else ExitCode.USAGE
     as_json = flags.pop("json") or output.as_json
     try:
-        result = asyncio.run(_execute(plugin, command, flags, rest, settings))
+        result = asyncio.run(_execute(plugin, command, flags, rest, settings, output))
     except KbError as exc:
         if as_json:
             print(json.dumps({"ok": False, "error": exc.to_dict()}))
@@ -94,37 +99,45 @@ def run_plugin_command(argv: list[str], settings, output) -> int | None:
     return ExitCode.OK
 
 
-async def _execute(plugin, command, flags: dict[str, Any], argv: list[str], settings) -> Any:
-    import uuid
+def _console_ui(output) -> Any:
+    """ctx.ui for a terminal: messages on stderr (stdout stays the command's result)."""
+    styles = {"success": "green", "warn": "yellow", "error": "red", "debug": "dim"}
 
-    from kblabs.plugins.executor import HandlerContext, run_in_process
-    from kblabs.plugins.handlers import import_handler
-    from kblabs.plugins.permissions import Guard, effective
+    def for_plugin(plugin_id: str):
+        def sink(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "json":
+                output.errors.print_json(json.dumps(payload.get("data"), default=str))
+            elif kind == "table":
+                for row in payload.get("rows") or []:
+                    output.errors.print("  ".join(f"{k}={v}" for k, v in row.items()))
+            else:
+                style = styles.get(kind)
+                text = payload.get("text", "")
+                output.errors.print(f"[{style}]{text}[/{style}]" if style else text, markup=False)
 
-    handler = import_handler(command.handler, plugin.root)
-    cwd = Path.cwd()
-    outdir = settings.project_root / ".kb" / "output"
-    perms = effective(plugin.manifest.permissions, command.permissions)
-    section = plugin.manifest.config_section
-    ctx = HandlerContext(
-        host="cli",
-        plugin_id=plugin.id,
-        plugin_version=plugin.manifest.version,
-        handler_id=command.handler,
-        request_id=str(uuid.uuid4()),
-        trace_id="",
-        tenant_id="default",
-        cwd=cwd,
-        outdir=outdir,
-        guard=Guard(perms, plugin.id, cwd, outdir),
-        config=dict(settings.products.get(section, {})) if section else {},
-        host_context={"argv": argv, "flags": flags},
-    )
-    timeout_s = (
-        plugin.manifest.permissions.quotas.timeout_ms
-        if plugin.manifest.permissions
-        and plugin.manifest.permissions.quotas
-        and plugin.manifest.permissions.quotas.timeout_ms
-        else 600_000
-    ) / 1000
-    return await run_in_process(handler, ctx, {"flags": flags, "argv": argv}, timeout_s)
+        return sink
+
+    return for_plugin
+
+
+async def _execute(
+    plugin, command, flags: dict[str, Any], argv: list[str], settings, output
+) -> Any:
+    from kblabs.plugins.runner import Call, PluginRunner
+
+    runner = PluginRunner(settings, lambda: find_plugins(settings), ui=_console_ui(output))
+    try:
+        return await runner.run(
+            plugin,
+            Call(
+                host="cli",
+                handler_ref=command.handler,
+                input={"flags": flags, "argv": argv},
+                permissions=command.permissions,
+                default_timeout_ms=CLI_TIMEOUT_MS,
+                host_context={"argv": argv, "flags": flags},
+                cwd=Path.cwd(),
+            ),
+        )
+    finally:
+        await runner.stop()

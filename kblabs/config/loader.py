@@ -40,6 +40,7 @@ ENV_OVERRIDES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("KB_PUBLIC_METRICS",), "observability.publicMetrics"),
     (("KB_TENANT_DEFAULT_TIER",), "rateLimits.defaultTier"),
     (("KB_RATE_LIMITS_ENABLED",), "rateLimits.enabled"),
+    (("KB_EXECUTION_MODE", "EXECUTION_MODE"), "platform.execution.mode"),
 )
 
 

@@ -156,6 +156,20 @@ class GatewaySettings(Section):
     reconnect_grace_ms: int = Field(default=10_000, ge=0)
 
 
+ExecutionMode = Literal["in-process", "subprocess"]
+
+
+class ExecutionSettings(Section):
+    """How plugin handlers run (kblabs.plugins.executor). `mode` is the default for
+    linked plugins; marketplace-installed ones run in `subprocess` unless `plugins`
+    names them; `plugins` maps a plugin id to its own mode."""
+
+    mode: ExecutionMode = "in-process"
+    plugins: dict[str, ExecutionMode] = Field(default_factory=dict)
+    warm_workers: int = Field(default=2, ge=0, le=32)
+    default_timeout_ms: int = Field(default=30_000, ge=100)
+
+
 class PlatformSettings(Section):
     """The `platform` section; its adapters are interpreted by kblabs.platform."""
 
@@ -164,7 +178,7 @@ class PlatformSettings(Section):
     )
     adapters: dict[str, Any] = Field(default_factory=dict)
     adapter_options: dict[str, Any] = Field(default_factory=dict)
-    execution: dict[str, Any] = Field(default_factory=dict)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
 
     @field_validator("adapter_options")
     @classmethod

@@ -9,6 +9,9 @@ parameter to reach it, and two apps in one process (tests) never see each other'
 Tasks started inside the block inherit the binding (asyncio copies the context). Every
 hook returns None when its adapter is not configured, except `use_logger()`, which
 always returns a logger (loguru when nothing is bound).
+
+Inside a plugin handler the hooks answer with the handler's governed view
+(`ctx.platform.<adapter>`): each call is checked against the plugin's permissions.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from kblabs.platform.interfaces import (
     Storage,
     VectorStore,
 )
+from kblabs.plugins.context import current_context
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -55,6 +59,9 @@ def current_platform() -> AdapterRegistry | None:
 
 
 def _adapter(token: str) -> Any | None:
+    handler_ctx = current_context()
+    if handler_ctx is not None:  # inside a plugin handler: the governed view, checked
+        return handler_ctx.platform.adapter(token)
     registry = _current.get()
     return None if registry is None else registry.get(token)
 
@@ -90,6 +97,9 @@ def use_vector_store() -> VectorStore | None:
 def use_logger() -> Logger:
     """The configured logger; a discarding one when logger is switched off (null);
     plain loguru when no platform is bound (scripts, early startup)."""
+    handler_ctx = current_context()
+    if handler_ctx is not None:
+        return cast("Logger", handler_ctx.platform.logger)
     registry = _current.get()
     if registry is None:
         return _fallback_logger

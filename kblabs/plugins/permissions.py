@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kblabs.errors import KbError
+from kblabs.plugins.context import env_allowed
 from kblabs.plugins.manifest import Permissions, Quotas
 
-ALWAYS_ENV = frozenset({"NODE_ENV", "KB_ENV", "CI", "DEBUG", "TZ", "LANG", "LC_ALL"})
 # Never readable or writable, whatever the manifest says.
 DENIED_NAMES = ("node_modules", ".git", ".ssh")
 DENIED_GLOBS = (".env", ".env.*", "*credentials*", "*password*", "*.pem", "*.key", "*.secret")
@@ -46,6 +46,7 @@ class Effective:
     env: tuple[str, ...] = ()
     shell: tuple[str, ...] = ()
     invoke: tuple[str, ...] = ()
+    state_namespaces: tuple[str, ...] = ()
     platform: dict[str, Any] = field(default_factory=dict)
     quotas: Quotas | None = None
 
@@ -69,6 +70,7 @@ def effective(plugin: Permissions | None, handler: Permissions | None = None) ->
         env=tuple((merged.get("env") or {}).get("read", [])),
         shell=tuple((merged.get("shell") or {}).get("allow", [])),
         invoke=tuple((merged.get("invoke") or {}).get("allow", [])),
+        state_namespaces=tuple((merged.get("state") or {}).get("namespaces", [])),
         platform=dict(merged.get("platform") or {}),
         quotas=merged.get("quotas"),
     )
@@ -143,11 +145,7 @@ class Guard:
     # --- environment, network, shell, invoke, platform -------------------------------------
 
     def env_allowed(self, name: str) -> bool:
-        if name in ALWAYS_ENV:
-            return True
-        return any(
-            name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in self.perms.env
-        )
+        return env_allowed(name, self.perms.env)
 
     def check_fetch(self, url: str) -> None:
         host = (urlsplit(url).hostname or "").lower()
@@ -178,6 +176,12 @@ class Guard:
             ):
                 return
         raise self._deny("invoke", target)
+
+    def check_state(self, namespace: str) -> None:
+        """A plugin's own state namespace is always open; others need
+        `state.namespaces`."""
+        if namespace != self.plugin_id and namespace not in self.perms.state_namespaces:
+            raise self._deny("state", namespace)
 
     def check_platform(self, service: str, resource: str | None = None) -> None:
         """A platform service: flag true, or a list of allowed prefixes (cache keys,

@@ -28,14 +28,9 @@ from kblabs.http.middleware import ROUTE_KEY
 from kblabs.http.validation import json_body
 from kblabs.observability import context
 from kblabs.plugins import schemas
-from kblabs.plugins.executor import HandlerContext, run_in_process
-from kblabs.plugins.handlers import import_handler
-from kblabs.plugins.permissions import Guard, effective
 from kblabs.plugins.registry import PluginRegistry
 from kblabs.plugins.routes import MountedRoute, find
-from kblabs.sdk import PluginError
-
-DEFAULT_TIMEOUT_MS = 30_000
+from kblabs.plugins.runner import Call
 
 
 class PluginIdBody(BaseModel):
@@ -144,8 +139,6 @@ async def _client_gone(request: Request) -> None:
 
 async def _call(request: Request, mounted: MountedRoute, params: dict[str, Any]) -> Any:
     plugin, route = mounted.plugin, mounted.route
-    handler = import_handler(route.handler, plugin.root)
-    ctx = _context(request, mounted)
     payload = {"query": dict(request.query_params), "body": await _body(request), "params": params}
     invalid = schemas.problems(route.input, payload, plugin.root)
     if invalid:
@@ -156,26 +149,31 @@ async def _call(request: Request, mounted: MountedRoute, params: dict[str, Any])
             400,
             details=invalid,
         )
-    timeout_ms = (
-        route.timeout_ms
-        or (plugin.manifest.rest.defaults.get("timeoutMs") if plugin.manifest.rest else None)
-        or DEFAULT_TIMEOUT_MS
+    call = Call(
+        host="rest",
+        handler_ref=route.handler,
+        input=payload,
+        permissions=route.permissions,
+        timeout_ms=route.timeout_ms
+        or (plugin.manifest.rest.defaults.get("timeoutMs") if plugin.manifest.rest else None),
+        host_context={
+            "method": request.method,
+            "path": request.url.path,
+            "headers": {k: v for k, v in request.headers.items() if k != "authorization"},
+            "query": dict(request.query_params),
+            "params": params,
+        },
+        request_id=context.request_id.get() or "",
+        trace_id=context.trace_id.get() or "",
+        tenant_id=namespace_of(request.scope),
     )
     try:
-        result = await run_in_process(handler, ctx, payload, timeout_ms / 1000)
-    except PluginError as exc:
-        declared = {e.code: e.http for e in route.errors}
-        exc.status = declared.get(exc.code, exc.http_status)
+        result = await request.app.state.runtime.runner.run(plugin, call)
+    except KbError as exc:
+        declared = {e.code: e.http for e in route.errors}  # the route's errors[] win
+        if exc.code in declared:
+            exc.status = declared[exc.code]
         raise
-    except KbError:
-        raise
-    except Exception as exc:
-        logger.opt(exception=exc).error("plugin {} handler {} failed", plugin.id, route.handler)
-        raise KbError(
-            "PLUGIN_HANDLER_FAILED",
-            f"{plugin.id}: the handler failed ({type(exc).__name__}); see the server log",
-            500,
-        ) from exc
     _check_output(request, mounted, result)
     return result
 
@@ -199,34 +197,6 @@ def _check_output(request: Request, mounted: MountedRoute, result: Any) -> None:
         "(checked in development only)",
         500,
         details=invalid,
-    )
-
-
-def _context(request: Request, mounted: MountedRoute) -> HandlerContext:
-    plugin, route = mounted.plugin, mounted.route
-    runtime = request.app.state.runtime
-    cwd = runtime.settings.project_root
-    outdir = cwd / ".kb" / "output"
-    perms = effective(plugin.manifest.permissions, route.permissions)
-    section = plugin.manifest.config_section
-    return HandlerContext(
-        host="rest",
-        plugin_id=plugin.id,
-        plugin_version=plugin.manifest.version,
-        handler_id=route.handler,
-        request_id=context.request_id.get() or "",
-        trace_id=context.trace_id.get() or "",
-        tenant_id=namespace_of(request.scope),
-        cwd=cwd,
-        outdir=outdir,
-        guard=Guard(perms, plugin.id, cwd, outdir),
-        config=dict(runtime.settings.products.get(section, {})) if section else {},
-        host_context={
-            "method": request.method,
-            "path": request.url.path,
-            "headers": {k: v for k, v in request.headers.items() if k != "authorization"},
-            "query": dict(request.query_params),
-        },
     )
 
 

@@ -29,18 +29,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kblabs.errors import KbError
-from kblabs.platform import AdapterRegistry
-from kblabs.platform.hooks import bind_platform
-from kblabs.plugins.executor import HandlerContext, run_in_process
-from kblabs.plugins.handlers import import_handler
-from kblabs.plugins.permissions import Guard, effective
 from kblabs.plugins.registry import PluginRegistry
+from kblabs.plugins.runner import Call, PluginRunner
 from kblabs.store import Store
 from kblabs.store.tables import webhook_deliveries as deliveries
 
 MAX_ATTEMPTS = 3
 LEASE = timedelta(seconds=120)
-HANDLER_TIMEOUT_S = 60.0
+HANDLER_TIMEOUT_MS = 60_000
 POLL_INTERVAL_S = 1.0
 EVENT_HEADERS = ("x-kb-event", "x-github-event", "x-gitlab-event")
 DELIVERY_HEADERS = ("x-kb-delivery", "x-github-delivery", "x-gitlab-event-uuid")
@@ -109,12 +105,10 @@ class WebhookQueue:
 
     name = "webhooks"
 
-    def __init__(
-        self, store: Store, registry: PluginRegistry, adapters: AdapterRegistry | None = None
-    ) -> None:
+    def __init__(self, store: Store, registry: PluginRegistry, runner: PluginRunner) -> None:
         self.store = store
         self.registry = registry
-        self.adapters = adapters  # bound around handlers, so use_cache() & co. work there
+        self.runner = runner
         self.worker_id = f"webhooks-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -231,46 +225,24 @@ class WebhookQueue:
         plugin = next((p for p in self.registry.plugins if p.id == target["pluginId"]), None)
         if plugin is None:
             raise KbError("PLUGIN_NOT_FOUND", f"{target['pluginId']} is not loaded", 503)
-        handler = import_handler(target["handler"], plugin.root)
-        spec = (
-            next(
-                (h for h in plugin.manifest.webhooks.handlers if h.handler == target["handler"]),
-                None,
-            )
-            if plugin.manifest.webhooks
-            else None
-        )
-        cwd = self.store.settings.project_root
-        outdir = cwd / ".kb" / "output"
-        perms = effective(plugin.manifest.permissions, spec.permissions if spec else None)
-        ctx = HandlerContext(
-            host="webhook",
-            plugin_id=plugin.id,
-            plugin_version=plugin.manifest.version,
-            handler_id=target["handler"],
-            request_id=delivery["delivery_id"],
-            trace_id="",
-            tenant_id="default",
-            cwd=cwd,
-            outdir=outdir,
-            guard=Guard(perms, plugin.id, cwd, outdir),
-            host_context={
-                "event": delivery["event"],
-                "source": delivery["source"],
-                "deliveryId": delivery["delivery_id"],
-            },
-        )
+        handlers = plugin.manifest.webhooks.handlers if plugin.manifest.webhooks else []
+        spec = next((h for h in handlers if h.handler == target["handler"]), None)
         payload = {
             "event": delivery["event"],
             "source": delivery["source"],
             "payload": delivery["payload"],
             "deliveryId": delivery["delivery_id"],
         }
-        if self.adapters is None:
-            await run_in_process(handler, ctx, payload, HANDLER_TIMEOUT_S)
-            return
-        with bind_platform(self.adapters):
-            await run_in_process(handler, ctx, payload, HANDLER_TIMEOUT_S)
+        call = Call(
+            host="webhook",
+            handler_ref=target["handler"],
+            input=payload,
+            permissions=spec.permissions if spec else None,
+            timeout_ms=HANDLER_TIMEOUT_MS,
+            host_context={k: v for k, v in payload.items() if k != "payload"},
+            request_id=delivery["delivery_id"],
+        )
+        await self.runner.run(plugin, call)
 
     async def _finish(
         self, delivery: dict[str, Any], results: dict[str, str], failures: list[str]

@@ -44,6 +44,7 @@ async def test_ready_reports_every_component(app_client):
         "state",
         "auth",
         "plugins",
+        "plugin-runner",
         "webhooks",
         "gateway",
         "loop-lag-sampler",

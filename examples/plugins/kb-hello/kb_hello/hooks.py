@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-def on_push(ctx, input):
-    ctx.outdir.mkdir(parents=True, exist_ok=True)
-    target = ctx.guard.check_write(ctx.outdir / "pushes.log")  # checked before the write
-    with open(target, "a") as log:
-        log.write(f"{input['deliveryId']} {input['payload'].get('ref')}\n")
+async def on_push(ctx, input):
+    # ctx.runtime.fs checks the write against the plugin's permissions before it happens
+    # (ctx.outdir is always writable).
+    line = f"{input['deliveryId']} {input['payload'].get('ref')}\n"
+    await ctx.runtime.fs.write_file(ctx.outdir / "pushes.log", line, append=True)
