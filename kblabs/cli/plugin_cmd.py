@@ -1,4 +1,4 @@
-"""`plugin link|unlink|validate|list`: work with plugin folders and the lock.
+"""`plugin link|unlink|validate|list|new`: work with plugin folders and the lock.
 
 A running server notices lock changes within a couple of seconds, so a linked plugin's
 routes answer without a restart.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kblabs.cli import plugin_scaffold
 from kblabs.cli.context import CliContext
 from kblabs.errors import ExitCode
 
@@ -31,6 +32,11 @@ def register(commands) -> None:
     actions.add_parser("list", help="plugins in the lock and their state").set_defaults(
         handler=run_list
     )
+    new = actions.add_parser("new", help="start a plugin folder: manifest, handlers, tests")
+    new.add_argument("name", help="my-plugin or @scope/my-plugin")
+    new.add_argument("--dir", metavar="PATH", help="folder to create (default: ./NAME)")
+    new.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    new.set_defaults(handler=plugin_scaffold.run_new)
 
 
 def _check_folder(path: Path) -> tuple[Any, list[dict[str, str]]]:
