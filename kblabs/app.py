@@ -21,6 +21,10 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /api/v1/state/…                    state broker: kv, locks, counters, limits bearer
     /api/v1/plugins[/registry|health]  loaded plugins and diagnostics            bearer
     /api/v1/plugins/refresh|enable|disable  switches ({"pluginId"})         operator/admin
+    /api/v1/routes                     every /api route incl. plugins (kb.routes/1) bearer
+    /api/v1/platform/config            platform section, secrets redacted      bearer
+    /api/v1/studio/registry            plugins' Studio pages (kb.studio/2)     bearer
+    /plugins/{pluginId}/widgets/{path} widget bundles (<root>/dist/widgets/)   bearer
     /api/v1/webhooks/{source}          signed deliveries → plugin handlers     HMAC signature
     /api/… (anything else)             plugin-declared routes (catch-all, last) bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
@@ -70,7 +74,9 @@ from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
 from kblabs.platform import AdapterRegistry, PlatformContextMiddleware
 from kblabs.plugins.registry import PluginRegistry
+from kblabs.rest import platform_info
 from kblabs.rest import plugins as plugin_api
+from kblabs.rest import studio as studio_api
 from kblabs.rest import webhooks as webhook_api
 from kblabs.rest.webhooks import WebhookQueue
 from kblabs.runtime import Runtime
@@ -149,6 +155,8 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Mount("/api/v1/state", routes=state_api.routes),
         *plugin_api.routes,
         *webhook_api.routes,
+        *platform_info.routes,
+        *studio_api.routes,
     ]
     if not settings.is_production:
         table.append(Route("/docs", docs, methods=["GET"], include_in_schema=False))

@@ -342,7 +342,7 @@ async def _emit(services: Services, args: dict[str, Any]) -> None:
 @operation("invoke.call")
 async def _invoke(services: Services, args: dict[str, Any]) -> Any:
     target = str(args["target"])
-    services.guard.check_invoke(target.split("/", 1)[0] if "/" in target else target)
+    services.guard.check_invoke(target.rpartition("/")[0] or target)  # <pluginId>/<handler>
     if services.invoke is None:
         raise KbError("INVOKE_UNAVAILABLE", "plugin invocation is not available here", 503)
     return await services.invoke(target, args.get("input"), args.get("timeout_ms"))
