@@ -5,8 +5,9 @@
   HEAD, no catch-all dispatcher, sorted by url then method. Path converters are dropped
   (`{key:path}` → `{key}`), as in /openapi.json.
 - `GET /api/v1/platform/config` (kb.platform.config/1): the `platform` section's adapters,
-  adapter options and execution, with secrets redacted by the same helper as
-  `kb config show` (kblabs.config.secrets.redact); `redacted` lists the dotted paths.
+  adapter options and execution (`mode` defaults to `in-process`), with secrets redacted
+  by the same helper as `kb config show` (kblabs.config.secrets.redact); `redacted`
+  lists the dotted paths.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from starlette.routing import Route
 
 from kblabs.auth.roles import requires
 from kblabs.config.secrets import redact
+from kblabs.config.settings import PlatformSettings
 from kblabs.http.envelope import ok
 from kblabs.http.openapi import walk_routes
 from kblabs.lifecycle import utc_now_iso
 
 API_PREFIX = "/api/"
 CATCH_ALL = "/api/{path:path}"
-DEFAULT_EXECUTION_MODE = "in-process"
 
 _CONVERTER = re.compile(r"{([^}:]+):[^}]+}")
 
@@ -64,12 +65,11 @@ async def list_routes(request: Request) -> JSONResponse:
 @requires("viewer")
 async def platform_config(request: Request) -> JSONResponse:
     """The platform section (adapters, options, execution) with secrets redacted."""
-    platform = request.app.state.runtime.settings.platform
-    execution: dict[str, Any] = {"mode": DEFAULT_EXECUTION_MODE, **platform.execution}
-    document = {
+    platform: PlatformSettings = request.app.state.runtime.settings.platform
+    document: dict[str, Any] = {
         "adapters": dict(platform.adapters),
         "adapterOptions": dict(platform.adapter_options),
-        "execution": execution,
+        "execution": platform.execution.model_dump(by_alias=True),  # mode: in-process
     }
     redacted: list[str] = []
     shown = redact(document, found=redacted)
