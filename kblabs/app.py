@@ -31,8 +31,8 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → adapters → state → auth → plugins → webhooks → gateway →
-    loop-lag-sampler
+    data-dir → store → adapters → state → auth → plugins → plugin-runner → webhooks →
+    gateway → loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
 """
@@ -74,6 +74,7 @@ from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
 from kblabs.platform import AdapterRegistry, PlatformContextMiddleware
 from kblabs.plugins.registry import PluginRegistry
+from kblabs.plugins.runner import PluginRunner
 from kblabs.rest import platform_info
 from kblabs.rest import plugins as plugin_api
 from kblabs.rest import studio as studio_api
@@ -117,9 +118,21 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
     hub.client_capabilities = auth.client_capabilities
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
-    webhooks = WebhookQueue(store, plugins, adapters)
+    runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
+    webhooks = WebhookQueue(store, plugins, runner)
     lifecycle = Lifecycle(
-        [DataDir(settings.data_dir), store, adapters, state, auth, plugins, webhooks, hub, loop_lag]
+        [
+            DataDir(settings.data_dir),
+            store,
+            adapters,
+            state,
+            auth,
+            plugins,
+            runner,
+            webhooks,
+            hub,
+            loop_lag,
+        ]
     )
     metrics.health = lifecycle.health
     return Runtime(
@@ -129,6 +142,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         state,
         auth,
         plugins,
+        runner,
         webhooks,
         hub,
         Executions(),
