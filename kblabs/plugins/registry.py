@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
+import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,38 @@ from kblabs.plugins.handlers import HandlerError, import_handler
 from kblabs.plugins.routes import MountedRoute, mount
 
 WATCH_INTERVAL_S = 2.0
+SKIPPED_DIRS = frozenset({"__pycache__", ".git", ".venv", "node_modules", "dist", "build"})
+MAX_WATCHED_FILES = 5_000  # per linked plugin: a folder bigger than this is not a plugin
+
+RefreshListener = Callable[[dict[str, Any]], Any]
+
+
+def code_stamp(root: Path) -> float:
+    """Newest modification time of a linked plugin's code and manifest."""
+    newest, seen = 0.0, 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        for name in files:
+            if name.endswith(".py") or name == "kb.plugin.json":
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime)
+                seen += 1
+                if seen > MAX_WATCHED_FILES:
+                    return newest
+    return newest
+
+
+def forget_modules(root: Path) -> list[str]:
+    """Drop the modules imported from `root` so the next import reads the new code."""
+    prefix = str(root.resolve()) + os.sep
+    stale = [
+        name
+        for name, module in list(sys.modules.items())
+        if (getattr(module, "__file__", None) or "").startswith(prefix)
+    ]
+    for name in stale:
+        del sys.modules[name]
+    return stale
 
 
 def handler_refs(plugin: Discovered) -> list[tuple[str, str]]:
@@ -73,6 +109,8 @@ class PluginRegistry:
         self.diagnostics: list[Diagnostic] = []
         self.routes: list[MountedRoute] = []
         self._lock_stamp: float | None = None
+        self._code_stamps: dict[Path, float] = {}  # linked plugin folder → code_stamp
+        self.listeners: list[RefreshListener] = []  # told {added, removed, revision…}
         self._watcher: asyncio.Task[None] | None = None
         self._refreshing = asyncio.Lock()
 
@@ -98,10 +136,17 @@ class PluginRegistry:
         except FileNotFoundError:
             return None
 
+    def _code_changed(self) -> list[Path]:
+        """Linked folders whose code changed since they were last loaded."""
+        return [
+            root for root, stamp in list(self._code_stamps.items()) if code_stamp(root) != stamp
+        ]
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            if self._stamp() != self._lock_stamp:
+            changed = await asyncio.to_thread(self._code_changed)
+            if self._stamp() != self._lock_stamp or changed:
                 try:
                     await self.refresh()
                 except Exception as exc:  # keep watching whatever happened
@@ -113,6 +158,7 @@ class PluginRegistry:
             started = time.perf_counter()
             stamp = self._stamp()
             found = await asyncio.to_thread(discover, self.lock, self.project_root)
+            reloaded = await asyncio.to_thread(self._reload_changed_code, found)
             found.plugins = await asyncio.to_thread(_importable, found)
             table, conflicts = mount(found.plugins)
             diagnostics = list(found.diagnostics) + [
@@ -135,12 +181,56 @@ class PluginRegistry:
             change = {
                 "added": sorted(after - before),
                 "removed": sorted(before - after),
+                "reloaded": reloaded,
                 "revision": self.revision,
                 "durationMs": round((time.perf_counter() - started) * 1000, 1),
             }
-            if change["added"] or change["removed"]:
+            if change["added"] or change["removed"] or reloaded:
                 logger.info("plugins refreshed: {}", change)
-            return change
+        await self._tell_listeners(change)
+        return change
+
+    def _reload_changed_code(self, found: Discovery) -> list[str]:
+        """Forget the imported modules of linked plugins whose code changed, so their
+        handlers are imported afresh; returns those plugins' ids."""
+        stamps, reloaded = {}, []
+        for plugin in found.plugins:
+            if plugin.source != "local":
+                continue
+            stamps[plugin.root] = code_stamp(plugin.root)
+            known = self._code_stamps.get(plugin.root)
+            if known is not None and known != stamps[plugin.root]:
+                forget_modules(plugin.root)
+                reloaded.append(plugin.id)
+        self._code_stamps = stamps
+        return reloaded
+
+    async def _tell_listeners(self, change: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                outcome = listener(change)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:  # a listener's bug must not break refresh
+                logger.opt(exception=exc).warning("plugin refresh listener failed: {}", exc)
+
+    # --- what the plugins contribute ------------------------------------------------------
+
+    def workflow_handlers(self) -> dict[str, tuple[Discovered, Any]]:
+        """`<pluginId>/<handlerId>` → (plugin, WorkflowHandler) for workflow steps."""
+        table = {}
+        for plugin in self.plugins:
+            for spec in plugin.manifest.workflows.handlers if plugin.manifest.workflows else []:
+                table[f"{plugin.id}/{spec.id}"] = (plugin, spec)
+        return table
+
+    def cron_schedules(self) -> list[tuple[Discovered, Any]]:
+        """(plugin, CronSchedule) of every loaded plugin, for the scheduler."""
+        return [
+            (plugin, schedule)
+            for plugin in self.plugins
+            for schedule in (plugin.manifest.cron.schedules if plugin.manifest.cron else [])
+        ]
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -162,5 +252,17 @@ class PluginRegistry:
             "provides": ["plugin", *manifest.provides()],
             "routes": [
                 f"{m.route.method} {m.template}" for m in self.routes if m.plugin.id == plugin.id
+            ],
+            "commands": [
+                " ".join([p for p in (c.group, c.subgroup) if p] + c.id.split(":"))
+                for c in (manifest.cli.commands if manifest.cli else [])
+            ],
+            "workflowHandlers": [
+                f"{plugin.id}/{h.id}"
+                for h in (manifest.workflows.handlers if manifest.workflows else [])
+            ],
+            "cron": [
+                {"id": c.id, "schedule": c.schedule, "enabled": c.enabled}
+                for c in (manifest.cron.schedules if manifest.cron else [])
             ],
         }

@@ -83,14 +83,62 @@ def test_link_disable_enable_without_restart(live_server_factory, project):
     assert sum_op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["a", "b"]
     assert "/api/v1/plugins/@kb-labs/hello/items/{itemId}" in spec["paths"]
 
+    saved = httpx.post(
+        server.url + "/api/v1/plugins/@kb-labs/hello/greetings",
+        json={"name": "ada"},
+        headers=server.auth,
+    )
+    assert saved.json()["data"] == {"saved": "greetings/ada.txt"}
+    assert (project / "greetings" / "ada.txt").read_text() == "hello ada\n"
+    escape = httpx.post(
+        server.url + "/api/v1/plugins/@kb-labs/hello/greetings",
+        json={"name": "../escaped"},
+        headers=server.auth,
+    )
+    assert escape.status_code == 403 and escape.json()["error"]["code"] == "PERMISSION_DENIED"
+    assert not (project / "escaped.txt").exists()
+
     switch = f"{server.url}/api/v1/plugins"
+
+    def contributed() -> dict:
+        listed = httpx.get(switch, headers=server.auth).json()["data"]["plugins"]
+        return next((p for p in listed if p["id"] == "@kb-labs/hello"), {})
+
+    assert contributed()["workflowHandlers"] == ["@kb-labs/hello/greet"]
+    assert contributed()["cron"][0]["id"] == "nightly-tick"
+    assert contributed()["commands"] == ["hello greet"]
     body = {"pluginId": "@kb-labs/hello"}
     assert httpx.post(f"{switch}/disable", json=body, headers=server.auth).status_code == 200
     assert httpx.get(server.url + GREET, headers=server.auth).status_code == 404
+    assert contributed() == {}  # its workflow handler and cron entry went with it
     assert httpx.post(f"{switch}/enable", json=body, headers=server.auth).status_code == 200
     assert httpx.get(server.url + GREET, headers=server.auth).status_code == 200
+    assert contributed()["workflowHandlers"] == ["@kb-labs/hello/greet"]
     unknown = httpx.post(f"{switch}/enable", json={"pluginId": "@x/y"}, headers=server.auth)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "PLUGIN_NOT_FOUND"
+    assert server.stop() == 0
+
+
+def test_a_linked_plugin_reloads_when_its_code_changes(live_server_factory, project):
+    folder = copy_example(project)
+    assert (
+        run_cli("plugin", "link", str(folder), project=project, env=base_env(project)).returncode
+        == 0
+    )
+    server = live_server_factory().start()
+    first = httpx.get(server.url + GREET + "?name=ada", headers=server.auth)
+    assert first.json()["data"]["greeting"] == "hello ada"
+    handlers = folder / "kb_hello" / "handlers.py"
+    handlers.write_text(handlers.read_text().replace('f"hello {name}"', 'f"hi again {name}"'))
+    reloaded = poll(
+        lambda: (
+            httpx.get(server.url + GREET + "?name=ada", headers=server.auth).json()["data"][
+                "greeting"
+            ]
+            == "hi again ada"
+        )
+    )
+    assert reloaded, "the server kept the old code"
     assert server.stop() == 0
 
 

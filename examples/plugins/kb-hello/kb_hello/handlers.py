@@ -40,3 +40,11 @@ async def slow(ctx, input):
         (ctx.outdir / "slow-cancelled").write_text("cancelled")
         raise
     return {"slept": True}
+
+
+async def save_greeting(ctx, input):
+    # `permissions.fs.write: ["greetings/"]`: any other path is refused before the write
+    name = input["body"]["name"]
+    path = f"greetings/{name}.txt"
+    await ctx.runtime.fs.write_file(path, f"hello {name}\n")
+    return {"saved": path}
