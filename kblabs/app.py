@@ -119,6 +119,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     hub.client_capabilities = auth.client_capabilities
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
     runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
+    plugins.listeners.append(runner.on_registry_change)  # lifecycle onLoad / onUnload
     webhooks = WebhookQueue(store, plugins, runner)
     lifecycle = Lifecycle(
         [

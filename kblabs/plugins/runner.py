@@ -28,6 +28,7 @@ from kblabs.plugins.operations import Services, UiSink
 from kblabs.plugins.permissions import Guard, effective
 
 MAX_INVOKE_DEPTH = 8
+LIFECYCLE_TIMEOUT_MS = 5_000  # a hook is time-boxed: a slow one must not hold a refresh
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class PluginRunner:
         self.ui = ui or _log_ui
         self.execution = settings.platform.execution
         self.subprocess = SubprocessExecutor(self.execution.warm_workers)
+        self._loaded: dict[str, Discovered] = {}  # what onLoad ran for, by plugin id
 
     async def start(self) -> None:
         if self.execution.mode == "subprocess" or any(
@@ -84,7 +86,40 @@ class PluginRunner:
             await self.subprocess.start()
 
     async def stop(self) -> None:
+        for plugin in list(self._loaded.values()):
+            await self.lifecycle(plugin, "on_unload")
+        self._loaded = {}
         await self.subprocess.close()
+
+    async def on_registry_change(self, change: dict[str, Any]) -> None:
+        """Registry listener: onLoad for plugins that appeared, onUnload for those gone."""
+        current = {plugin.id: plugin for plugin in self.plugins()}
+        for plugin_id, plugin in list(self._loaded.items()):
+            if plugin_id not in current:
+                await self.lifecycle(plugin, "on_unload")
+        for plugin_id, plugin in current.items():
+            if plugin_id not in self._loaded:
+                await self.lifecycle(plugin, "on_load")
+        self._loaded = current
+
+    async def lifecycle(self, plugin: Discovered, hook: str) -> None:
+        """Run the plugin's `lifecycle.<hook>` if it declares one; failures are logged,
+        never raised (one plugin's hook cannot break a refresh or a shutdown)."""
+        ref = getattr(plugin.manifest.lifecycle, hook, None) if plugin.manifest.lifecycle else None
+        if not ref:
+            return
+        try:
+            await self.run(
+                plugin,
+                Call(
+                    host="lifecycle",
+                    handler_ref=ref,
+                    input={"event": hook.removeprefix("on_")},
+                    timeout_ms=LIFECYCLE_TIMEOUT_MS,
+                ),
+            )
+        except Exception as exc:
+            logger.warning("plugin {} {} failed: {}", plugin.id, hook, exc)
 
     def health(self) -> tuple[str, str]:
         return "ok", f"default mode {self.execution.mode}"

@@ -322,3 +322,30 @@ def test_a_cli_command_denied_a_write_exits_1_and_writes_nothing(sandbox):
     )
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)["result"] == {"written": "allowed/cli.txt"}
+
+
+# --- lifecycle hooks ---------------------------------------------------------------------
+
+
+def test_lifecycle_hooks_run_on_load_disable_enable_and_shutdown(live_server_factory, project):
+    link_probe(project, SUBPROCESS)
+    log = project / ".kb" / "output" / "lifecycle-probe-sub.log"
+    server = live_server_factory().start()
+    assert poll_for(lambda: log.exists() and log.read_text().split() == ["load"])
+    switch = f"{server.url}/api/v1/plugins"
+    body = {"pluginId": SUBPROCESS}
+    assert httpx.post(f"{switch}/disable", json=body, headers=server.auth).status_code == 200
+    assert log.read_text().split() == ["load", "disable", "unload"]
+    assert httpx.post(f"{switch}/enable", json=body, headers=server.auth).status_code == 200
+    assert log.read_text().split() == ["load", "disable", "unload", "load", "enable"]
+    assert server.stop() == 0
+    assert log.read_text().split()[-1] == "unload"
+
+
+def poll_for(check, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
