@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from kblabs.marketplace.lockfile import LockEntry, LockFile, LockFileError
 from kblabs.plugins.manifest import Manifest, validate_manifest
 
 MANIFEST_FILE = "kb.plugin.json"
+ENTRY_POINT_GROUP = "kb_labs.plugins"  # `<name> = <package>`: the package holds the manifest
 Severity = Literal["error", "warning", "info"]
 
 
@@ -53,13 +55,44 @@ class Discovery:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
+def _sha256(path: Path) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
+
+
+@dataclass(frozen=True)
+class InstalledPlugin:
+    """A distribution installed into a folder (pip --target) that declares a plugin."""
+
+    package_dir: Path  # holds kb.plugin.json
+    integrity: str  # sha256 of the distribution's METADATA
+
+
+def installed_plugins(root: Path) -> list[InstalledPlugin]:
+    """Distributions under `root` with a `kb_labs.plugins` entry point whose package
+    ships a kb.plugin.json (the entry point's value names the package)."""
+    found = []
+    for dist in importlib.metadata.distributions(path=[str(root)]):
+        for entry in dist.entry_points.select(group=ENTRY_POINT_GROUP):
+            package = entry.value.split(":", 1)[0].strip()
+            package_dir = (root / package.replace(".", "/")).resolve()
+            inside = package_dir.is_relative_to(root.resolve())  # the pointer stays in root
+            if inside and (package_dir / MANIFEST_FILE).is_file():
+                metadata = (dist.read_text("METADATA") or "").encode()
+                digest = base64.b64encode(hashlib.sha256(metadata).digest()).decode()
+                found.append(InstalledPlugin(package_dir, f"sha256-{digest}"))
+    return found
+
+
 def integrity_of(root: Path) -> str:
-    """`sha256-<b64>` of the folder's pyproject.toml (a link) or its manifest."""
+    """`sha256-<b64>`: of the installed distribution's METADATA, else of the folder's
+    pyproject.toml (a link), else of its manifest."""
+    installed = installed_plugins(root) if not (root / MANIFEST_FILE).is_file() else []
+    if installed:
+        return installed[0].integrity
     for name in ("pyproject.toml", MANIFEST_FILE):
         candidate = root / name
         if candidate.is_file():
-            digest = hashlib.sha256(candidate.read_bytes()).digest()
-            return "sha256-" + base64.b64encode(digest).decode()
+            return _sha256(candidate)
     return ""
 
 
@@ -135,13 +168,29 @@ def _load_entry(
     return Discovered(manifest, root, entry.source, key)
 
 
+def manifest_path(root: Path) -> Path:
+    """Where a lock entry's manifest is: `<root>/kb.plugin.json` (a linked folder), else
+    in the package of a distribution installed under `root`."""
+    direct = root / MANIFEST_FILE
+    if direct.is_file():
+        return direct
+    installed = installed_plugins(root)
+    return installed[0].package_dir / MANIFEST_FILE if installed else direct
+
+
 def _read_manifest(key: str, root: Path, diagnostics: list[Diagnostic]) -> Manifest | None:
-    path = root / MANIFEST_FILE
+    path = manifest_path(root)
     try:
         data = jsonc.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         diagnostics.append(
-            Diagnostic("MANIFEST_NOT_FOUND", "error", key, f"{key}: no {MANIFEST_FILE} in {root}")
+            Diagnostic(
+                "MANIFEST_NOT_FOUND",
+                "error",
+                key,
+                f"{key}: no {MANIFEST_FILE} in {root} "
+                f"(nor a distribution there with a {ENTRY_POINT_GROUP!r} entry point)",
+            )
         )
         return None
     except (OSError, UnicodeDecodeError, jsonc.JsoncError, json.JSONDecodeError) as exc:

@@ -349,3 +349,30 @@ def poll_for(check, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_a_marketplace_installed_plugin_runs_in_a_subprocess_by_default(sandbox):
+    from kblabs.marketplace.lockfile import LockEntry, LockFile
+    from kblabs.plugins.discovery import integrity_of
+
+    installed = "@kb-test/probe-installed"
+    target = sandbox.project / ".kb" / "plugins" / "kb-probe-installed"
+    shutil.copytree(PROBE / "kb_probe", target / "kb_probe")
+    manifest = json.loads((PROBE / "kb.plugin.json").read_text())
+    manifest["id"] = installed
+    (target / "kb_probe" / "kb.plugin.json").write_text(json.dumps(manifest))
+    info = target / "kb_probe-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kb-probe\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[kb_labs.plugins]\nprobe = kb_probe\n")
+    with LockFile.in_data_dir(sandbox.data_dir).update() as entries:
+        entries[installed] = LockEntry(
+            resolved_path="./.kb/plugins/kb-probe-installed",
+            source="marketplace",
+            integrity=integrity_of(target),
+        )
+    answer = poll_for(lambda: call(sandbox, installed, "GET", "/whoami").status_code == 200)
+    assert answer, "the registry did not pick up the lock change"
+    data = call(sandbox, installed, "GET", "/whoami").json()["data"]
+    assert data["pid"] != sandbox.process.pid and data["plugin"] == installed
+    denied(call(sandbox, installed, "POST", "/write-file", json={"path": "x.txt"}), "fs.write")

@@ -105,3 +105,52 @@ def test_handlers_resolve_or_say_why(tmp_path):
     with pytest.raises(HandlerError) as broken:
         import_handler("kb_h.broken:x", folder)
     assert broken.value.code == "MODULE_IMPORT_FAILED" and "at import" in broken.value.message
+
+
+def installed_plugin(target: Path, plugin_id: str, package: str = "kb_demo") -> None:
+    """What `pip install --target <target>` leaves for a plugin distribution."""
+    (target / package).mkdir(parents=True)
+    (target / package / "__init__.py").write_text("")
+    (target / package / "handlers.py").write_text("async def hi(ctx, input):\n    return 'hi'\n")
+    (target / package / "kb.plugin.json").write_text(
+        json.dumps(manifest(plugin_id, f"{package}.handlers:hi"))
+    )
+    info = target / f"{package}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[kb_labs.plugins]\ndemo = {package}\n")
+
+
+def test_an_installed_distribution_is_found_through_its_entry_point(tmp_path):
+    lock = LockFile(tmp_path / ".kb" / "marketplace.lock")
+    target = tmp_path / ".kb" / "plugins" / "kb-demo"
+    installed_plugin(target, "@acme/demo")
+    integrity = integrity_of(target)
+    assert integrity.startswith("sha256-")
+    with lock.update() as entries:
+        entries["@acme/demo"] = LockEntry(
+            resolved_path="./.kb/plugins/kb-demo", source="marketplace", integrity=integrity
+        )
+    found = discover(lock, tmp_path)
+    assert [p.id for p in found.plugins] == ["@acme/demo"], found.diagnostics
+    plugin = found.plugins[0]
+    assert plugin.root == target.resolve() and plugin.source == "marketplace"
+    assert callable(import_handler("kb_demo.handlers:hi", plugin.root))
+
+    # the installed files changed behind the marketplace's back: refused, with a code
+    metadata = target / "kb_demo-0.1.0.dist-info" / "METADATA"
+    metadata.write_text(metadata.read_text() + "Summary: tampered\n")
+    again = discover(lock, tmp_path)
+    assert again.plugins == []
+    assert [d.code for d in again.diagnostics] == ["INTEGRITY_MISMATCH"]
+
+
+def test_an_install_folder_without_a_plugin_says_what_it_looked_for(tmp_path):
+    lock = LockFile(tmp_path / ".kb" / "marketplace.lock")
+    (tmp_path / "empty").mkdir()
+    with lock.update() as entries:
+        entries["@acme/none"] = LockEntry(resolved_path="./empty", source="marketplace")
+    found = discover(lock, tmp_path)
+    assert found.plugins == []
+    (diagnostic,) = found.diagnostics
+    assert diagnostic.code == "MANIFEST_NOT_FOUND" and "kb_labs.plugins" in diagnostic.message
