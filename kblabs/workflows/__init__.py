@@ -1,0 +1,1 @@
+"""Workflow engine: specs, expressions, queue, workers, scheduler and API."""
