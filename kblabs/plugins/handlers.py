@@ -15,12 +15,31 @@ class HandlerError(KbError):
     pass
 
 
+def _origin(module: Any) -> str:
+    return getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), "")
+
+
+def _prefer(root: Path, package: str) -> None:
+    """Make `root` win the import of `package`: first on sys.path, and a same-named
+    package imported earlier from somewhere else (another plugin) is forgotten."""
+    entry = str(root)
+    if not sys.path or sys.path[0] != entry:
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+    loaded = sys.modules.get(package)
+    origin = _origin(loaded) if loaded is not None else ""
+    if origin and not Path(origin).resolve().is_relative_to(root.resolve()):
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+
+
 def import_handler(ref: str, root: Path | None = None) -> Callable[..., Any]:
     """The callable behind `ref`. `root` (a linked plugin's folder) is importable first.
     Raises HandlerError with MODULE_IMPORT_FAILED or HANDLER_NOT_FOUND."""
     module_name, _, attribute = ref.partition(":")
-    if root is not None and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    if root is not None:
+        _prefer(root, module_name.split(".")[0])
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # the plugin's own import-time failure, whatever it is

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import base_env, run_cli
-from tests.integration.test_plugins import copy_example
+from tests.integration.test_plugins import EXAMPLE, copy_example
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,8 @@ async def test_routes_lists_fixed_and_plugin_routes_sorted(app_client, project):
     await link(app_client, copy_example(project))
     data = (await client.get("/api/v1/routes", headers=auth)).json()["data"]
     routes = data["routes"]
-    assert data["count"] == len(routes) == len(before["routes"]) + 6
+    declared = json.loads((EXAMPLE / "kb.plugin.json").read_text())["rest"]["routes"]
+    assert data["count"] == len(routes) == len(before["routes"]) + len(declared)
     pairs = {(r["method"], r["url"]) for r in routes}
     assert {
         ("GET", "/api/v1/plugins/@kb-labs/hello/greet"),
