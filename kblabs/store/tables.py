@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table
+from sqlalchemy import JSON, Boolean, Column, DateTime, Index, Integer, MetaData, String, Table
 
 # Constraint names are spelled out so Alembic migrations match on SQLite and PostgreSQL.
 metadata = MetaData(
@@ -145,4 +145,173 @@ webhook_deliveries = Table(
     Column("error", String(2000), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# --- workflow engine (kblabs.workflows) ------------------------------------------------
+# Times are timezone-aware; JSON columns hold what the API returns. Jobs are the queue:
+# claimed with a lease (owner + token + expiry), every write fenced by the token.
+
+workflow_runs = Table(
+    "workflow_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant_id", String(64), nullable=False, index=True),
+    Column("workflow_id", String(256), nullable=False, index=True),
+    Column("name", String(256), nullable=False),
+    Column("version", String(64), nullable=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("trigger", JSON, nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("env", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("spec", JSON, nullable=False),  # snapshot: later edits never change a run
+    Column("idempotency_key", String(256), nullable=True, unique=True),
+    Column("concurrency_group", String(256), nullable=True),
+    Column("parent_run_id", String(64), nullable=True, index=True),
+    Column("depth", Integer, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("error", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("duration_ms", Integer, nullable=True),
+)
+
+workflow_jobs = Table(
+    "workflow_jobs",
+    metadata,
+    Column("id", String(320), primary_key=True),  # "<runId>:<jobName>"
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("name", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),  # lower runs first
+    Column("needs", JSON, nullable=False),
+    Column("pending_deps", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),  # claims so far (a lost lease counts)
+    Column("failures", Integer, nullable=False),  # retries spent
+    Column("available_at", DateTime(timezone=True), nullable=False),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_token", String(64), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True, index=True),
+    Column("concurrency_group", String(256), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("skip_reason", String(256), nullable=True),
+    Column("outputs", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_workflow_jobs_claim", "status", "available_at", "priority"),
+)
+
+workflow_steps = Table(
+    "workflow_steps",
+    metadata,
+    Column("id", String(400), primary_key=True),  # "<jobId>:<section>:<index>"
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("job_id", String(320), nullable=False, index=True),
+    Column("section", String(16), nullable=False),  # pre | main | onSuccess | onFailure | post
+    Column("idx", Integer, nullable=False),
+    Column("step_id", String(128), nullable=False),  # the spec's id
+    Column("name", String(256), nullable=False),
+    Column("uses", String(512), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("inputs", JSON, nullable=True),  # `with` after interpolation
+    Column("outputs", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+
+workflow_approvals = Table(
+    "workflow_approvals",
+    metadata,
+    Column("step_row_id", String(400), primary_key=True),  # workflow_steps.id
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("job_id", String(320), nullable=False),
+    Column("step_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # pending|approved|rejected|…
+    Column("title", String(512), nullable=True),
+    Column("instructions", String(4000), nullable=True),
+    Column("context", JSON, nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("action", String(16), nullable=True),
+    Column("comment", String(4000), nullable=True),
+    Column("data", JSON, nullable=True),
+    Column("resolved_by", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+)
+
+workflow_schedules = Table(
+    "workflow_schedules",
+    metadata,
+    Column("id", String(320), primary_key=True),  # workflow:<id> | plugin:<pluginId>:<id> | api
+    Column("source", String(16), nullable=False),  # workflow | plugin | api
+    Column("tenant_id", String(64), nullable=False),
+    Column("workflow_id", String(256), nullable=True),
+    Column("plugin_id", String(256), nullable=True),
+    Column("job_type", String(512), nullable=True),
+    Column("cron", String(128), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("payload", JSON, nullable=True),
+    Column("priority", Integer, nullable=False),
+    Column("next_run_at", DateTime(timezone=True), nullable=True),
+    Column("last_run_at", DateTime(timezone=True), nullable=True),
+    Column("last_run_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+run_events = Table(
+    "workflow_run_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("job_id", String(320), nullable=True),
+    Column("step_id", String(400), nullable=True),
+    Column("type", String(64), nullable=False),
+    Column("payload", JSON, nullable=True),
+    Column("ts", DateTime(timezone=True), nullable=False, index=True),
+)
+
+run_logs = Table(
+    "workflow_run_logs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("job_id", String(320), nullable=True),
+    Column("step_id", String(400), nullable=True),
+    Column("level", String(8), nullable=False),
+    Column("stream", String(8), nullable=True),  # stdout | stderr | None (engine)
+    Column("line_no", Integer, nullable=True),
+    Column("message", String(8000), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False, index=True),
+)
+
+workflow_artifacts = Table(
+    "workflow_artifacts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("job_id", String(320), nullable=False),
+    Column("step_id", String(400), nullable=True),
+    Column("name", String(256), nullable=False),
+    Column("path", String(1024), nullable=False),  # storage path
+    Column("size", Integer, nullable=False),
+    Column("digest", String(96), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Named leases across processes (the scheduler leader) and one running job per group.
+leases = Table(
+    "kb_leases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
