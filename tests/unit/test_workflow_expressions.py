@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kblabs.workflows.expressions import (
+from kblabs.workflow.expressions import (
     Expression,
     ExpressionError,
     SecretMasker,

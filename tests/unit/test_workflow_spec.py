@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kblabs.workflows.spec import (
+from kblabs.workflow.spec import (
     DEFAULT_JOB_RETRIES,
     RetryPolicy,
     Uses,

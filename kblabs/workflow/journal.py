@@ -1,0 +1,183 @@
+"""What happened in a run: events (`workflow_run_events`) and log lines
+(`workflow_run_logs`), both numbered by `seq` so readers can resume where they stopped.
+
+Events are written in the same transaction as the state change they describe (a run
+never says "finished" in its events while its row says "running"). Log lines are many,
+so they are buffered and inserted in batches; `flush()` runs before a job's result is
+written, so a finished step's output is always readable. Every text passes through the
+run's secret masker before it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from loguru import logger
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from kblabs.store import Store
+from kblabs.store.tables import run_events, run_logs
+
+FLUSH_INTERVAL_S = 0.25
+FLUSH_BATCH = 200
+MAX_LINE_CHARS = 8000
+TERMINAL_EVENTS = frozenset({"run.finished", "run.failed", "run.cancelled", "run.skipped"})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def add_event(
+    conn: AsyncConnection,
+    run_id: str,
+    type: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    job_id: str | None = None,
+    step_id: str | None = None,
+) -> None:
+    """Record one event inside the caller's transaction."""
+    await conn.execute(
+        insert(run_events).values(
+            run_id=run_id, job_id=job_id, step_id=step_id, type=type, payload=payload, ts=now()
+        )
+    )
+
+
+def event_to_dict(row: Any) -> dict[str, Any]:
+    return {
+        "seq": row["seq"],
+        "type": row["type"],
+        "runId": row["run_id"],
+        "jobId": row["job_id"],
+        "stepId": row["step_id"],
+        "payload": row["payload"] or {},
+        "timestamp": row["ts"].isoformat(),
+    }
+
+
+class Journal:
+    """Buffered log writer plus readers; one per process (a component part)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._buffer: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.changed = asyncio.Condition()  # notified after events/logs land (this process)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._flusher(), name="workflow-journal")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    def log(
+        self,
+        run_id: str,
+        message: str,
+        *,
+        level: str = "info",
+        job_id: str | None = None,
+        step_id: str | None = None,
+        stream: str | None = None,
+        line_no: int | None = None,
+        mask: Callable[[str], str] | None = None,
+    ) -> None:
+        text = mask(message) if mask else message
+        self._buffer.append(
+            {
+                "run_id": run_id,
+                "job_id": job_id,
+                "step_id": step_id,
+                "level": level,
+                "stream": stream,
+                "line_no": line_no,
+                "message": text[:MAX_LINE_CHARS],
+                "ts": now(),
+            }
+        )
+        if len(self._buffer) >= FLUSH_BATCH:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            async with self.store.engine.begin() as conn:
+                await conn.execute(insert(run_logs), batch)
+        except Exception as exc:  # logs must never break a run; keep them for next time
+            logger.warning("could not write {} workflow log lines: {}", len(batch), exc)
+            self._buffer = batch + self._buffer
+            return
+        await self.notify()
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _flusher(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL_S)
+            self._wake.clear()
+            await self.flush()
+
+    # --- readers -------------------------------------------------------------------------
+
+    async def events(self, run_id: str, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        query = (
+            select(run_events)
+            .where(run_events.c.run_id == run_id, run_events.c.seq > after)
+            .order_by(run_events.c.seq)
+            .limit(limit)
+        )
+        async with self.store.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [event_to_dict(row) for row in rows]
+
+    async def logs(
+        self,
+        run_id: str,
+        *,
+        job_id: str | None = None,
+        step_id: str | None = None,
+        level: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        query = select(run_logs).where(run_logs.c.run_id == run_id, run_logs.c.seq > after)
+        if job_id:
+            query = query.where(run_logs.c.job_id == job_id)
+        if step_id:
+            query = query.where(run_logs.c.step_id == step_id)
+        if level and level != "all":
+            query = query.where(run_logs.c.level == level)
+        query = query.order_by(run_logs.c.seq).offset(offset).limit(limit)
+        async with self.store.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            {
+                "seq": row["seq"],
+                "timestamp": row["ts"].isoformat(),
+                "level": row["level"],
+                "message": row["message"],
+                "stream": row["stream"],
+                "lineNo": row["line_no"],
+                "jobId": row["job_id"],
+                "stepId": row["step_id"],
+            }
+            for row in rows
+        ]

@@ -1,0 +1,1 @@
+"""Step kinds: `builtin:shell|noop|approval|gate`, `plugin:`, `command:`, `workflow:`."""
