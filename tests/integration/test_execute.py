@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
+from tests.conftest import base_env, run_cli
 from tests.integration.hostclient import connect, hello, register_host
+from tests.integration.test_agent import (
+    SERVER_ENV,
+    Agent,
+    agent_env,
+    register,
+    start_agent,
+    wait_for,
+    wait_online,
+)
 
 pytestmark = [pytest.mark.live, pytest.mark.anyio]
 
+EXAMPLE = Path(__file__).parents[2] / "examples" / "plugins" / "kb-hello"
 BODY = {"pluginId": "@kb/demo", "handlerRef": "demo.handlers:run", "input": {"n": 1}}
 
 
@@ -168,3 +182,84 @@ async def test_platform_facades(server):
         headers=server.auth,
     )
     assert good.status_code == 503
+
+
+# --------------------------------------------------------------------------- a real host agent
+
+
+@pytest.fixture
+def host_agents() -> Iterator[list[Agent]]:
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        agent.cleanup()
+
+
+def host_project(tmp_path: Path) -> Path:
+    """The agent's workspace: a KB Labs project of its own, with kb-hello linked."""
+    root = tmp_path / "laptop-project"
+    folder = root / "plugins" / "kb-hello"
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    linked = run_cli("plugin", "link", str(folder), project=root, env=base_env(root))
+    assert linked.returncode == 0, linked.stdout + linked.stderr
+    return root
+
+
+def hello_call(handler_ref: str, input=None, **extra) -> dict:
+    return {"pluginId": "@kb-labs/hello", "handlerRef": handler_ref, "input": input, **extra}
+
+
+async def test_a_real_agent_runs_the_handler_on_its_host(
+    live_server_factory, project, tmp_path, host_agents
+):
+    server = live_server_factory(**SERVER_ENV).start()
+    workspace = host_project(tmp_path)  # the server's own project has no plugin at all
+    env = agent_env(project, tmp_path / "agent.json")
+    host_id = register(server, project, env, workspace)["hostId"]
+    agent = start_agent(host_agents, project, env, tmp_path)
+    wait_online(server, host_id, agent)
+
+    response, events = await stream_events(
+        server, hello_call("kb_hello.steps:greet", {"name": "ada"})
+    )
+    assert response.status_code == 200
+    assert [e["type"] for e in events] == ["execution:done"], events
+    assert events[0]["exitCode"] == 0
+    assert events[0]["metadata"] == {"result": {"greeting": "hello ada"}}
+    assert events[0]["executionId"] == response.headers["x-execution-id"]
+
+    # the manifest's permissions hold on the host: refused before the write
+    _, denied = await stream_events(
+        server, hello_call("kb_hello.handlers:save_greeting", {"body": {"name": "../x"}})
+    )
+    assert [e["type"] for e in denied] == ["execution:error", "execution:done"]
+    assert denied[0]["code"] == "PERMISSION_DENIED" and denied[1]["exitCode"] == 1
+    assert not (workspace / "x.txt").exists() and not (workspace / "greetings").exists()
+    for body, code in (
+        (hello_call("os:getcwd"), "HANDLER_NOT_FOUND"),
+        ({"pluginId": "@kb-labs/nope", "handlerRef": "nope:run"}, "PLUGIN_NOT_FOUND"),
+    ):
+        _, failed = await stream_events(server, body)
+        assert failed[0]["code"] == code, failed
+
+    # cancel: the gateway tells the agent, and the handler on the host sees it
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{server.url}/api/v1/execute",
+            json=hello_call("kb_hello.handlers:slow", {"query": {"ms": "30000"}}),
+            headers=server.auth,
+        ) as streaming,
+    ):
+        execution_id = streaming.headers["x-execution-id"]
+        await asyncio.sleep(1.0)  # the call reaches the agent and the handler starts
+        cancelled = await client.post(
+            f"{server.url}/api/v1/execute/{execution_id}/cancel", json={}, headers=server.auth
+        )
+        assert cancelled.status_code == 200, cancelled.text
+        tail = [json.loads(line) async for line in streaming.aiter_lines() if line]
+    assert [e["type"] for e in tail] == ["execution:cancelled", "execution:done"]
+    marker = workspace / ".kb" / "output" / "slow-cancelled"
+    wait_for(marker.exists, 10, "the handler on the host to see the cancel")
+    assert "cancelled by the gateway" in agent.log()

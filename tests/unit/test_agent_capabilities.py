@@ -3,7 +3,9 @@ and real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -24,7 +26,10 @@ from kblabs.agent.capabilities import (
     dispatch,
 )
 from kblabs.agent.capabilities.base import MAX_FILE_BYTES, BaseCapability, Handler
+from kblabs.agent.capabilities.execution import ExecutionCapability
 from kblabs.agent.capabilities.shell import DISABLED_MESSAGE
+from kblabs.marketplace.lockfile import LockFile
+from tests.conftest import base_env, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -609,10 +614,195 @@ async def test_shell_leaves_no_background_process_behind(caps: dict[str, Capabil
 # --------------------------------------------------------------------------- execution, dispatch
 
 
-async def test_execution_is_unsupported(caps: dict[str, Capability]) -> None:
-    for method in ["execute", "discover"]:
-        error = await fails(caps, "UNSUPPORTED", "execution", method, {})
-        assert "plugin runtime" in error.message
+EXAMPLE = Path(__file__).parents[2] / "examples" / "plugins" / "kb-hello"
+HELLO = "@kb-labs/hello"
+
+
+@pytest.fixture
+def kb_project(tmp_path: Path) -> Path:
+    """A KB Labs project (the agent's workspace) with a linked copy of kb-hello."""
+    root = tmp_path / "kbproject"
+    folder = root / "plugins" / "kb-hello"
+    shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    linked = run_cli("plugin", "link", str(folder), project=root, env=base_env(root))
+    assert linked.returncode == 0, linked.stdout + linked.stderr
+    return root
+
+
+@pytest.fixture
+def exec_caps(kb_project: Path) -> dict[str, Capability]:
+    return build_capabilities(Workspace([kb_project]))
+
+
+def execution(handler_ref: str, input: Any = None, **extra: Any) -> dict[str, Any]:
+    return {"pluginId": HELLO, "handlerRef": handler_ref, "input": input, **extra}
+
+
+def worker_children() -> list[int]:
+    """Plugin worker processes started by this test process."""
+    found = []
+    for pid in processes_with("kblabs.plugins.worker"):
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat_line.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            found.append(pid)
+    return found
+
+
+async def test_execution_runs_a_declared_handler_of_a_workspace_plugin(
+    kb_project: Path, tmp_path: Path
+) -> None:
+    # the agent's own KB_PROJECT_ROOT / KB_DATA_DIR do not decide where plugins come from
+    elsewhere = {"KB_PROJECT_ROOT": str(tmp_path), "KB_DATA_DIR": str(tmp_path / "nope")}
+    caps: dict[str, Capability] = {
+        "execution": ExecutionCapability(Workspace([kb_project]), environ=elsewhere)
+    }
+    result = await call(
+        caps, "execution", "execute", execution("kb_hello.steps:greet", {"name": "ada"})
+    )
+    assert result == {"greeting": "hello ada"}
+    saved = await call(
+        caps,
+        "execution",
+        "execute",
+        execution("kb_hello.handlers:save_greeting", {"body": {"name": "bob"}}),
+    )
+    assert saved == {"saved": "greetings/bob.txt"}
+    assert (kb_project / "greetings" / "bob.txt").read_text() == "hello bob\n"  # cwd = root
+    listed = await call(caps, "execution", "discover")
+    assert [(p["id"], p["version"], p["workspace"]) for p in listed] == [
+        (HELLO, "0.1.0", str(kb_project.resolve()))
+    ]
+    handlers = listed[0]["handlers"]
+    assert {"kind": "workflow", "name": "greet", "handlerRef": "kb_hello.steps:greet"} in handlers
+    assert {
+        "kind": "rest",
+        "name": "POST /greetings",
+        "handlerRef": "kb_hello.handlers:save_greeting",
+    } in handlers
+
+
+async def test_execution_unknown_plugin_and_undeclared_handler(
+    exec_caps: dict[str, Capability], kb_project: Path
+) -> None:
+    missing = await fails(
+        exec_caps, "PLUGIN_NOT_FOUND", "execution", "execute",
+        {"pluginId": "@kb-labs/nope", "handlerRef": "nope.handlers:run"},
+    )  # fmt: skip
+    assert "@kb-labs/nope" in missing.message and str(kb_project.resolve()) in missing.message
+    # importable code the manifest does not declare is never run
+    for ref in ("kb_hello.steps:missing", "os:getcwd", "kb_hello.handlers:PluginError"):
+        error = await fails(exec_caps, "HANDLER_NOT_FOUND", "execution", "execute", execution(ref))
+        assert "kb_hello.steps:greet" in error.message  # the declared ones are listed
+    with LockFile.in_data_dir(kb_project / ".kb").update() as entries:  # as `disable` does
+        entries[HELLO].enabled = False
+    error = await fails(
+        exec_caps, "PLUGIN_NOT_FOUND", "execution", "execute", execution("kb_hello.steps:greet")
+    )
+    assert "disabled" in error.message
+    assert await call(exec_caps, "execution", "discover") == []
+
+
+async def test_execution_enforces_the_manifest_permissions(
+    exec_caps: dict[str, Capability], kb_project: Path
+) -> None:
+    before = sorted(p for p in kb_project.rglob("*") if ".kb" not in p.parts)
+    error = await fails(
+        exec_caps, "PERMISSION_DENIED", "execution", "execute",
+        execution("kb_hello.handlers:save_greeting", {"body": {"name": "../x"}}),
+    )  # fmt: skip
+    assert "fs.write" in error.message and "greetings/../x.txt" in error.message
+    assert error.retryable is False
+    assert sorted(p for p in kb_project.rglob("*") if ".kb" not in p.parts) == before
+    assert not (kb_project / "x.txt").exists() and not (kb_project / "greetings").exists()
+    # no state broker on a host: ctx.api.state fails clearly
+    state = await fails(
+        exec_caps, "STATE_UNAVAILABLE", "execution", "execute", execution("kb_hello.steps:tick", {})
+    )
+    assert "host agent" in state.message
+
+
+async def test_execution_arguments(exec_caps: dict[str, Capability], outside: Path) -> None:
+    await fails(exec_caps, "INVALID_ARGS", "execution", "execute", "kb_hello.steps:greet")
+    await fails(exec_caps, "INVALID_ARGS", "execution", "execute", {"handlerRef": "a:b"})
+    await fails(
+        exec_caps, "INVALID_ARGS", "execution", "execute",
+        execution("kb_hello.steps:greet", timeoutMs=0),
+    )  # fmt: skip
+    await fails(
+        exec_caps, "ACCESS_DENIED", "execution", "execute",
+        execution("kb_hello.steps:greet", cwd=str(outside)),
+    )  # fmt: skip
+    # exportName completes a module reference, and must agree with a full one
+    joined = execution("kb_hello.steps", {"name": "x"}, exportName="greet")
+    assert await call(exec_caps, "execution", "execute", joined) == {"greeting": "hello x"}
+    await fails(
+        exec_caps, "INVALID_ARGS", "execution", "execute",
+        execution("kb_hello.steps:greet", exportName="tick"),
+    )  # fmt: skip
+
+
+async def test_execution_is_at_most_once_per_execution_id(
+    exec_caps: dict[str, Capability],
+) -> None:
+    first = execution("kb_hello.steps:greet", {"name": "ada"}, executionId="exec-1")
+    assert await call(exec_caps, "execution", "execute", first) == {"greeting": "hello ada"}
+    again = {**first, "input": {"name": "bob"}}  # a retry gets the recorded outcome
+    assert await call(exec_caps, "execution", "execute", again) == {"greeting": "hello ada"}
+    other = execution("kb_hello.steps:tick", {}, executionId="exec-1")
+    await fails(exec_caps, "INVALID_ARGS", "execution", "execute", other)
+    fresh = {**again, "executionId": "exec-2"}
+    assert await call(exec_caps, "execution", "execute", fresh) == {"greeting": "hello bob"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+async def test_execution_in_subprocess_mode_timeout_and_cancel(
+    exec_caps: dict[str, Capability], kb_project: Path
+) -> None:
+    config = {"platform": {"execution": {"mode": "subprocess"}}}
+    (kb_project / "kb.config.json").write_text(json.dumps(config))
+    result = await call(exec_caps, "execution", "execute", execution("kb_hello.steps:greet", {}))
+    assert result == {"greeting": "hello world"}
+    denied = execution("kb_hello.handlers:save_greeting", {"body": {"name": "../x"}})
+    await fails(exec_caps, "PERMISSION_DENIED", "execution", "execute", denied)
+    assert not (kb_project / "x.txt").exists()
+    slow = execution("kb_hello.handlers:slow", {"query": {"ms": "30000"}}, timeoutMs=500)
+    started = time.monotonic()
+    await fails(exec_caps, "EXECUTION_TIMEOUT", "execution", "execute", slow)
+    assert time.monotonic() - started < 10
+    assert worker_children() == []
+
+    # the agent cancels the call's task (gateway `cancel`): the worker group is killed
+    running = asyncio.create_task(
+        call(exec_caps, "execution", "execute", {**slow, "timeoutMs": 60000, "executionId": "c"})
+    )
+    deadline = time.monotonic() + 10
+    while not worker_children() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert worker_children(), "no worker started"
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert worker_children() == []
+    # a cancelled execution is forgotten: the same id may run again
+    quick = execution("kb_hello.handlers:slow", {"query": {"ms": "1"}}, executionId="c")
+    assert await call(exec_caps, "execution", "execute", quick) == {"slept": True}
+
+
+async def test_execution_cancel_in_process_reaches_the_handler(
+    exec_caps: dict[str, Capability], kb_project: Path
+) -> None:
+    slow = execution("kb_hello.handlers:slow", {"query": {"ms": "30000"}})
+    running = asyncio.create_task(call(exec_caps, "execution", "execute", slow))
+    await asyncio.sleep(0.5)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    # the handler saw the cancellation and cleaned up in the project's output folder
+    assert (kb_project / ".kb" / "output" / "slow-cancelled").read_text() == "cancelled"
 
 
 async def test_dispatch_errors(caps: dict[str, Capability]) -> None:

@@ -29,7 +29,7 @@ def build_capabilities(
         GitCapability(workspace),
         SearchCapability(workspace),
         ShellCapability(workspace, enabled=shell_enabled, timeout_ms=shell_timeout_ms),
-        ExecutionCapability(),
+        ExecutionCapability(workspace),
     ]
     return {capability.name: capability for capability in capabilities}
 
