@@ -35,6 +35,13 @@ HOST_ERROR_STATUS = {
     "UNKNOWN_ADAPTER": 501,
     "UNKNOWN_METHOD": 501,
     "TIMEOUT": 504,
+    # plugin handlers run by the host's `execution` capability
+    "PERMISSION_DENIED": 403,
+    "PLUGIN_NOT_FOUND": 404,
+    "HANDLER_NOT_FOUND": 404,
+    "VALIDATION_ERROR": 400,
+    "EXECUTION_TIMEOUT": 504,
+    "STATE_UNAVAILABLE": 503,
 }
 
 

@@ -283,18 +283,21 @@ def _state_key(services: Services, args: dict[str, Any]) -> str:
 async def _state_get(services: Services, args: dict[str, Any]) -> Any:
     from kblabs.state.backend import MISSING
 
-    value = await services.state.get(_state_key(services, args))
+    key = _state_key(services, args)  # checks permission and availability first
+    value = await services.state.get(key)
     return None if value is MISSING else value
 
 
 @operation("state.set")
 async def _state_set(services: Services, args: dict[str, Any]) -> None:
-    await services.state.set(_state_key(services, args), args["value"], args.get("ttl_ms"))
+    key = _state_key(services, args)
+    await services.state.set(key, args["value"], args.get("ttl_ms"))
 
 
 @operation("state.delete")
 async def _state_delete(services: Services, args: dict[str, Any]) -> bool:
-    return await services.state.delete(_state_key(services, args))
+    key = _state_key(services, args)
+    return await services.state.delete(key)
 
 
 def _artifact(services: Services, name: str) -> Path:

@@ -148,7 +148,7 @@ webhook_deliveries = Table(
 )
 
 
-# --- workflow engine (kblabs.workflows) ------------------------------------------------
+# --- workflow engine (kblabs.workflow) ------------------------------------------------
 # Times are timezone-aware; JSON columns hold what the API returns. Jobs are the queue:
 # claimed with a lease (owner + token + expiry), every write fenced by the token.
 
