@@ -26,13 +26,17 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /api/v1/studio/registry            plugins' Studio pages (kb.studio/2)     bearer
     /plugins/{pluginId}/widgets/{path} widget bundles (<root>/dist/widgets/)   bearer
     /api/v1/webhooks/{source}          signed deliveries → plugin handlers     HMAC signature
+    /api/v1/workflows[/{id}[/runs]]    workflow catalog, start runs            bearer (operator)
+    /api/v1/runs[/{id}[/…]]            runs: cancel, rerun, logs, events (SSE),  bearer
+                                       approvals
+    /api/v1/stats                      workflow engine counts                  bearer
     /api/… (anything else)             plugin-declared routes (catch-all, last) bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
     data-dir → store → adapters → state → auth → plugins → plugin-runner → webhooks →
-    gateway → loop-lag-sampler
+    workflows → gateway → loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
 """
@@ -85,6 +89,8 @@ from kblabs.state import api as state_api
 from kblabs.state.ratelimit import TenantRateLimitMiddleware
 from kblabs.state.service import StateBroker
 from kblabs.store import Store
+from kblabs.workflow import api as workflow_api
+from kblabs.workflow.engine import WorkflowEngine
 
 
 class DataDir:
@@ -121,6 +127,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
     plugins.listeners.append(runner.on_registry_change)  # lifecycle onLoad / onUnload
     webhooks = WebhookQueue(store, plugins, runner)
+    workflows = WorkflowEngine(settings, store, plugins=plugins, runner=runner)
     lifecycle = Lifecycle(
         [
             DataDir(settings.data_dir),
@@ -131,6 +138,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
             plugins,
             runner,
             webhooks,
+            workflows,
             hub,
             loop_lag,
         ]
@@ -145,6 +153,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         plugins,
         runner,
         webhooks,
+        workflows,
         hub,
         Executions(),
         loop_lag,
@@ -170,6 +179,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Mount("/api/v1/state", routes=state_api.routes),
         *plugin_api.routes,
         *webhook_api.routes,
+        *workflow_api.routes,
         *platform_info.routes,
         *studio_api.routes,
     ]

@@ -23,6 +23,7 @@ from kblabs.plugins.runner import PluginRunner
 from kblabs.rest.webhooks import WebhookQueue
 from kblabs.state.service import StateBroker
 from kblabs.store import Store
+from kblabs.workflow.engine import WorkflowEngine
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Runtime:
     plugins: PluginRegistry
     runner: PluginRunner
     webhooks: WebhookQueue
+    workflows: WorkflowEngine
     hub: HostHub
     executions: Executions
     loop_lag: LoopLagSampler

@@ -41,6 +41,9 @@ ENV_OVERRIDES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("KB_TENANT_DEFAULT_TIER",), "rateLimits.defaultTier"),
     (("KB_RATE_LIMITS_ENABLED",), "rateLimits.enabled"),
     (("KB_EXECUTION_MODE", "EXECUTION_MODE"), "platform.execution.mode"),
+    (("KB_WORKFLOW_WORKERS",), "workflow.workers"),
+    (("KB_WORKFLOW_MAX_PARALLEL_JOBS", "WORKFLOW_CONCURRENCY"), "workflow.maxParallelJobs"),
+    (("KB_WORKFLOW_DEFAULT_RETRIES", "WORKFLOW_DEFAULT_JOB_RETRIES"), "workflow.defaultRetries"),
 )
 
 
@@ -131,6 +134,7 @@ def load_settings(
         rate_limits=file_settings.rate_limits,
         auth=file_settings.auth,
         gateway=file_settings.gateway,
+        workflow=file_settings.workflow,
         platform=file_settings.platform,
         products=resolve_products(file_settings.profiles, active),
         raw=document,

@@ -156,6 +156,16 @@ class GatewaySettings(Section):
     reconnect_grace_ms: int = Field(default=10_000, ge=0)
 
 
+class WorkflowSettings(Section):
+    """The workflow engine (kblabs.workflow): workers in this process and retention."""
+
+    workers: bool = True  # False: this process serves the API only (`kblabs worker` runs jobs)
+    max_parallel_jobs: int = Field(default=4, ge=1, le=64)
+    default_retries: int = Field(default=0, ge=0, le=20)
+    scheduler: bool = True  # may this process lead the cron scheduler
+    retention_days: int = Field(default=30, ge=1)  # run events and logs of finished runs
+
+
 ExecutionMode = Literal["in-process", "subprocess"]
 
 
@@ -230,6 +240,7 @@ class FileSettings(Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
     profiles: list[Profile] = Field(default_factory=list)
 
 
@@ -252,6 +263,7 @@ class Settings(BaseModel):
     auth: AuthSettings
     gateway: GatewaySettings
     platform: PlatformSettings
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
     # products of the active profile, merged along its `extends` chain
     products: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # the whole file after expansion, for sections owned by plugins

@@ -6,13 +6,15 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from loguru import logger
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 import kblabs
 from kblabs.config import Settings
@@ -42,6 +44,19 @@ class Store:
         if self._engine is None:
             raise RuntimeError("store is not started")
         return self._engine
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that takes SQLite's write lock up front (BEGIN
+        IMMEDIATE): one that reads and then writes would otherwise fail at once with
+        "database is locked" when another writer is busy, instead of waiting."""
+        conn = await self.engine.connect()
+        try:
+            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+            async with conn.begin():
+                yield conn
+        finally:
+            await conn.close()
 
     def sessions(self) -> async_sessionmaker:
         return async_sessionmaker(self.engine, expire_on_commit=False)

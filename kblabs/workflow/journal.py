@@ -33,6 +33,13 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with its offset (SQLite hands datetimes back without a zone)."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
 async def add_event(
     conn: AsyncConnection,
     run_id: str,
@@ -58,7 +65,7 @@ def event_to_dict(row: Any) -> dict[str, Any]:
         "jobId": row["job_id"],
         "stepId": row["step_id"],
         "payload": row["payload"] or {},
-        "timestamp": row["ts"].isoformat(),
+        "timestamp": iso(row["ts"]),
     }
 
 
@@ -115,7 +122,7 @@ class Journal:
         if not batch:
             return
         try:
-            async with self.store.engine.begin() as conn:
+            async with self.store.write() as conn:
                 await conn.execute(insert(run_logs), batch)
         except Exception as exc:  # logs must never break a run; keep them for next time
             logger.warning("could not write {} workflow log lines: {}", len(batch), exc)
@@ -171,7 +178,7 @@ class Journal:
         return [
             {
                 "seq": row["seq"],
-                "timestamp": row["ts"].isoformat(),
+                "timestamp": iso(row["ts"]),
                 "level": row["level"],
                 "message": row["message"],
                 "stream": row["stream"],

@@ -43,74 +43,75 @@ def fenced(lease: Lease) -> Any:
     return and_(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token)
 
 
-async def begin_immediate(store: Store) -> AsyncConnection:
-    conn = await store.engine.connect()
-    return await conn.execution_options(sqlite_begin="IMMEDIATE")
-
-
 class JobQueue:
     def __init__(self, store: Store, owner: str) -> None:
         self.store = store
         self.owner = owner
 
     def _claimable(self, stamp: datetime) -> Any:
+        """Queued, due, not cancelled; its job-level group has no running job, and its
+        run's group has no other running run (one active run per group)."""
         busy = jobs.alias("busy")
-        group_busy = exists().where(
+        job_group_busy = exists().where(
             busy.c.concurrency_group == jobs.c.concurrency_group,
             busy.c.status == "running",
             busy.c.id != jobs.c.id,
+        )
+        other = runs.alias("other")
+        run_group_busy = exists().where(
+            other.c.concurrency_group == runs.c.concurrency_group,
+            other.c.status == "running",
+            other.c.id != runs.c.id,
         )
         return and_(
             jobs.c.status == "queued",
             jobs.c.available_at <= stamp,
             jobs.c.cancel_requested.is_(False),
-            ~and_(jobs.c.concurrency_group.is_not(None), group_busy),
+            ~and_(jobs.c.concurrency_group.is_not(None), job_group_busy),
+            ~and_(runs.c.concurrency_group.is_not(None), run_group_busy),
         )
 
     async def claim(self) -> Lease | None:
         stamp = now()
         token = uuid.uuid4().hex
-        conn = await begin_immediate(self.store)
-        try:
-            async with conn.begin():
-                candidate = (
-                    await conn.execute(
-                        select(jobs.c.id, jobs.c.run_id, jobs.c.started_at)
-                        .where(self._claimable(stamp))
-                        .order_by(jobs.c.priority, jobs.c.available_at)
-                        .limit(1)
-                    )
-                ).first()
-                if candidate is None:
-                    return None
-                taken = await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == candidate.id, jobs.c.status == "queued")
-                    .values(
-                        status="running",
-                        lease_owner=self.owner,
-                        lease_token=token,
-                        lease_expires_at=stamp + LEASE,
-                        attempt=jobs.c.attempt + 1,
-                        started_at=candidate.started_at or stamp,
-                    )
+        async with self.store.write() as conn:
+            candidate = (
+                await conn.execute(
+                    select(jobs.c.id, jobs.c.run_id, jobs.c.started_at)
+                    .select_from(jobs.join(runs, runs.c.id == jobs.c.run_id))
+                    .where(self._claimable(stamp))
+                    .order_by(jobs.c.priority, jobs.c.available_at)
+                    .limit(1)
                 )
-                if taken.rowcount != 1:
-                    return None
-                await _mark_run_running(conn, candidate.run_id, stamp)
-                await add_event(
-                    conn,
-                    candidate.run_id,
-                    "job.started",
-                    {"jobName": candidate.id.split(":", 1)[1], "worker": self.owner},
-                    job_id=candidate.id,
+            ).first()
+            if candidate is None:
+                return None
+            taken = await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == candidate.id, jobs.c.status == "queued")
+                .values(
+                    status="running",
+                    lease_owner=self.owner,
+                    lease_token=token,
+                    lease_expires_at=stamp + LEASE,
+                    attempt=jobs.c.attempt + 1,
+                    started_at=candidate.started_at or stamp,
                 )
-        finally:
-            await conn.close()
+            )
+            if taken.rowcount != 1:
+                return None
+            await _mark_run_running(conn, candidate.run_id, stamp)
+            await add_event(
+                conn,
+                candidate.run_id,
+                "job.started",
+                {"jobName": candidate.id.split(":", 1)[1], "worker": self.owner},
+                job_id=candidate.id,
+            )
         return Lease(candidate.id, candidate.run_id, token, self.owner)
 
     async def heartbeat(self, lease: Lease) -> bool:
-        async with self.store.engine.begin() as conn:
+        async with self.store.write() as conn:
             result = await conn.execute(
                 update(jobs)
                 .where(fenced(lease), jobs.c.status == "running")
@@ -129,45 +130,70 @@ class JobQueue:
             ).first()
         return row is None or bool(row.cancel_requested or row.run_cancel)
 
+    async def release(self, lease: Lease) -> None:
+        """Give a job back at shutdown: queued at once for another worker, the step
+        that was running runs again."""
+        async with self.store.write() as conn:
+            released = await conn.execute(
+                update(jobs)
+                .where(fenced(lease), jobs.c.status == "running")
+                .values(
+                    status="queued",
+                    lease_owner=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    available_at=now(),
+                )
+            )
+            if released.rowcount == 1:
+                await conn.execute(
+                    update(steps)
+                    .where(steps.c.job_id == lease.job_id, steps.c.status == "running")
+                    .values(status="queued", started_at=None)
+                )
+                await add_event(
+                    conn,
+                    lease.run_id,
+                    "job.interrupted",
+                    {"jobName": lease.job_id.split(":", 1)[1], "reason": "worker stopped"},
+                    job_id=lease.job_id,
+                )
+
     async def reap(self) -> list[str]:
         """Re-queue jobs whose lease expired (their worker died or hung)."""
         stamp = now()
-        conn = await begin_immediate(self.store)
-        try:
-            async with conn.begin():
-                expired = (
-                    await conn.execute(
-                        select(jobs.c.id, jobs.c.run_id).where(
-                            jobs.c.status == "running", jobs.c.lease_expires_at < stamp
-                        )
+        async with self.store.write() as conn:
+            expired = (
+                await conn.execute(
+                    select(jobs.c.id, jobs.c.run_id).where(
+                        jobs.c.status == "running", jobs.c.lease_expires_at < stamp
                     )
-                ).all()
-                for job_id, run_id in expired:
-                    await conn.execute(
-                        update(jobs)
-                        .where(jobs.c.id == job_id, jobs.c.status == "running")
-                        .values(
-                            status="queued",
-                            lease_owner=None,
-                            lease_token=None,
-                            lease_expires_at=None,
-                            available_at=stamp,
-                        )
+                )
+            ).all()
+            for job_id, run_id in expired:
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status == "running")
+                    .values(
+                        status="queued",
+                        lease_owner=None,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        available_at=stamp,
                     )
-                    await conn.execute(  # the interrupted step runs again
-                        update(steps)
-                        .where(steps.c.job_id == job_id, steps.c.status == "running")
-                        .values(status="queued", started_at=None)
-                    )
-                    await add_event(
-                        conn,
-                        run_id,
-                        "job.interrupted",
-                        {"jobName": job_id.split(":", 1)[1], "reason": "lease expired"},
-                        job_id=job_id,
-                    )
-        finally:
-            await conn.close()
+                )
+                await conn.execute(  # the interrupted step runs again
+                    update(steps)
+                    .where(steps.c.job_id == job_id, steps.c.status == "running")
+                    .values(status="queued", started_at=None)
+                )
+                await add_event(
+                    conn,
+                    run_id,
+                    "job.interrupted",
+                    {"jobName": job_id.split(":", 1)[1], "reason": "lease expired"},
+                    job_id=job_id,
+                )
         return [job_id for job_id, _ in expired]
 
     async def depth(self) -> tuple[int, float | None]:

@@ -496,6 +496,14 @@ class StepSpec(SpecModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _name_defaults_to_id(cls, data: Any) -> Any:
+        """`name` may be left out: the step's id names it (the original required it)."""
+        if isinstance(data, dict) and data.get("name") is None and isinstance(data.get("id"), str):
+            return {**data, "name": data["id"]}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _run_shorthand(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not isinstance(data.get("run"), str):
             return data
@@ -560,7 +568,7 @@ class JobHooks(SpecModel):
 
 
 class JobSpec(SpecModel):
-    runs_on: Literal["local", "sandbox"]
+    runs_on: Literal["local", "sandbox"] = "local"
     steps: list[StepSpec] = Field(min_length=1)
     needs: list[NonEmpty] = Field(default_factory=list)
     if_: Condition | None = Field(default=None, alias="if")

@@ -46,6 +46,7 @@ async def test_ready_reports_every_component(app_client):
         "plugins",
         "plugin-runner",
         "webhooks",
+        "workflows",
         "gateway",
         "loop-lag-sampler",
     ]

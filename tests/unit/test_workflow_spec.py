@@ -633,7 +633,6 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "jobs.bad id!",
         "invalid key: an id is 1-64 letters",
     ),
-    ("no runsOn", mutate((("jobs", "a", "runsOn"), DELETE)), "jobs.a.runsOn", "Field required"),
     ("runsOn", mutate((("jobs", "a", "runsOn"), "cloud")), "jobs.a.runsOn", "'local' or 'sandbox'"),
     ("no steps", mutate((("jobs", "a", "steps"), [])), "jobs.a.steps", "at least 1 item"),
     (
@@ -786,7 +785,7 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "jobs.b.steps[0].id",
         "an id is 1-64",
     ),
-    ("step name", mutate(b_steps({"id": "s"})), "jobs.b.steps[0].name", "Field required"),
+    ("step name", mutate(b_steps({"id": "s", "name": ""})), "jobs.b.steps[0].name", "at least 1"),
     (
         "step typo",
         mutate(b_steps({"name": "s", "contineOnError": True})),

@@ -1,0 +1,356 @@
+"""/api/v1/workflows, /api/v1/runs… (reference workflow §11), with the envelope.
+
+Workflow ids may contain `/`, `:` and `@` (`@kb-labs/hello/greet`), so routes that
+end in a fixed word (`…/runs`) are registered before the catch-all `{id:path}` ones.
+Runs belong to the caller's namespace: another tenant's run answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from kblabs.auth.identity import identity_of, namespace_of
+from kblabs.auth.roles import requires
+from kblabs.errors import KbError
+from kblabs.http.envelope import ok
+from kblabs.http.validation import json_body
+from kblabs.workflow.engine import WorkflowEngine
+from kblabs.workflow.journal import TERMINAL_EVENTS
+from kblabs.workflow.transitions import TERMINAL_RUN
+from kblabs.workflow.views import describe_run, list_runs
+
+KEEPALIVE_S = 15.0
+SSE_POLL_S = 0.5
+
+
+class RunBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    inputs: dict[str, Any] | None = None
+    input: dict[str, Any] | None = None  # the original's legacy name
+    trigger: dict[str, Any] | None = None
+    idempotency_key: str | None = Field(default=None, alias="idempotencyKey", max_length=256)
+
+
+class ResolveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    job_id: str | None = Field(default=None, alias="jobId")
+    step_id: str | None = Field(default=None, alias="stepId")
+    action: str | None = None
+    comment: str | None = Field(default=None, max_length=4000)
+    data: dict[str, Any] | None = None
+
+
+def _engine(request: Request) -> WorkflowEngine:
+    return request.app.state.runtime.workflows
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise KbError("VALIDATION_ERROR", f"{name} must be an integer", 400) from None
+
+
+async def _own_run(request: Request, run_id: str) -> Any:
+    row = await _engine(request).get_run_row(run_id)
+    if row["tenant_id"] != namespace_of(request.scope):
+        raise KbError("RUN_NOT_FOUND", f"Run not found: {run_id}", 404)
+    return row
+
+
+# --- workflows -----------------------------------------------------------------------------
+
+
+@requires("viewer")
+async def list_workflows(request: Request) -> JSONResponse:
+    """The catalog: `?source=standalone|plugin|manifest&status=active|invalid&tags=a,b`."""
+    query = request.query_params
+    tags = [t for t in (query.get("tags") or "").split(",") if t]
+    found = _engine(request).catalog.list(
+        source=query.get("source"), status=query.get("status"), tags=tags or None
+    )
+    return ok(request, {"workflows": found, "total": len(found)})
+
+
+@requires("operator")
+async def refresh_workflows(request: Request) -> JSONResponse:
+    """Reload `.kb/workflows/*` and the plugins' workflows now."""
+    return ok(request, await _engine(request).catalog.refresh())
+
+
+@requires("viewer")
+async def get_workflow(request: Request) -> JSONResponse:
+    """One workflow's `WorkflowInfo`. Only GET exists here: the original's
+    `POST …/{id}/run` and friends are gone and answer 404, not 405."""
+    workflow_id = request.path_params["workflow_id"]
+    if request.method != "GET":
+        raise KbError("NOT_FOUND", f"no route for {request.method} {request.url.path}", 404)
+    return ok(request, _engine(request).catalog.get(workflow_id).info())
+
+
+@requires("viewer")
+async def workflow_runs(request: Request) -> JSONResponse:
+    """Runs of one workflow, newest first: `?limit=50&offset=0&status=`."""
+    workflow_id = request.path_params["workflow_id"]
+    async with _engine(request).store.engine.connect() as conn:
+        found, total = await list_runs(
+            conn,
+            tenant_id=namespace_of(request.scope),
+            workflow_id=workflow_id,
+            status=request.query_params.get("status"),
+            limit=_int(request, "limit", 50),
+            offset=_int(request, "offset", 0),
+        )
+    return ok(request, {"workflowId": workflow_id, "runs": found, "total": total})
+
+
+@requires("operator")
+async def start_run(request: Request) -> JSONResponse:
+    """Start a run: `{inputs?, trigger?, idempotencyKey?}` (or header `Idempotency-Key`);
+    201 with the new run, 200 with the earlier run for a key already used."""
+    body = await json_body(request, RunBody, optional=True)
+    identity = identity_of(request.scope)
+    trigger = {"type": "manual", **(body.trigger or {})}
+    trigger.setdefault("actor", identity.subject if identity else None)
+    key = request.headers.get("idempotency-key") or body.idempotency_key
+    run_id, created = await _engine(request).create_run(
+        request.path_params["workflow_id"],
+        inputs=body.inputs if body.inputs is not None else (body.input or {}),
+        trigger=trigger,
+        tenant_id=namespace_of(request.scope),
+        idempotency_key=f"{namespace_of(request.scope)}:{key}" if key else None,
+    )
+    return ok(
+        request, {"runId": run_id, "status": "queued", "created": created}, 201 if created else 200
+    )
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+@requires("viewer")
+async def runs(request: Request) -> JSONResponse:
+    """Runs of the caller's namespace, newest first: `?status=&workflowId=&limit&offset`."""
+    async with _engine(request).store.engine.connect() as conn:
+        found, total = await list_runs(
+            conn,
+            tenant_id=namespace_of(request.scope),
+            workflow_id=request.query_params.get("workflowId"),
+            status=request.query_params.get("status"),
+            limit=_int(request, "limit", 50),
+            offset=_int(request, "offset", 0),
+        )
+    return ok(request, {"runs": found, "total": total})
+
+
+@requires("viewer")
+async def get_run(request: Request) -> JSONResponse:
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    async with _engine(request).store.engine.connect() as conn:
+        run = await describe_run(conn, run_id)
+    return ok(request, {"run": run})
+
+
+@requires("operator")
+async def cancel_run(request: Request) -> JSONResponse:
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    await _engine(request).cancel_run(run_id)
+    return ok(request, {"cancelled": True, "runId": run_id})
+
+
+@requires("operator")
+async def rerun(request: Request) -> JSONResponse:
+    """A new run of the same workflow with the same inputs (terminal states are final)."""
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    identity = identity_of(request.scope)
+    new_id = await _engine(request).rerun(run_id, identity.subject if identity else None)
+    return ok(request, {"runId": new_id, "rerunOf": run_id, "status": "queued"}, 201)
+
+
+@requires("viewer")
+async def run_logs(request: Request) -> JSONResponse:
+    """Log lines, oldest first: `?jobId&stepId&level&limit=100&offset=0&after=<seq>`."""
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    query = request.query_params
+    job_id = query.get("jobId")
+    if job_id and not job_id.startswith(run_id + ":"):
+        job_id = f"{run_id}:{job_id}"
+    lines = await _engine(request).journal.logs(
+        run_id,
+        job_id=job_id,
+        step_id=query.get("stepId"),
+        level=query.get("level"),
+        after=_int(request, "after", 0),
+        limit=max(1, min(_int(request, "limit", 100), 1000)),
+        offset=max(0, _int(request, "offset", 0)),
+    )
+    return ok(request, {"runId": run_id, "logs": lines})
+
+
+@requires("viewer")
+async def approvals(request: Request) -> JSONResponse:
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    return ok(
+        request, {"runId": run_id, "pending": await _engine(request).pending_approvals(run_id)}
+    )
+
+
+@requires("operator")
+async def resolve_approval(request: Request) -> JSONResponse:
+    """`{jobId, stepId, action: approve|reject, comment?, data?}`."""
+    run_id = request.path_params["run_id"]
+    body = await json_body(request, ResolveBody, optional=True)
+    missing = [
+        n
+        for n, v in (("jobId", body.job_id), ("stepId", body.step_id), ("action", body.action))
+        if not v
+    ]
+    if missing:
+        raise KbError("VALIDATION_ERROR", f"Missing required fields: {', '.join(missing)}", 400)
+    await _own_run(request, run_id)
+    identity = identity_of(request.scope)
+    await _engine(request).resolve_approval(
+        run_id,
+        str(body.job_id),
+        str(body.step_id),
+        str(body.action),
+        comment=body.comment,
+        data=body.data,
+        actor=identity.subject if identity else None,
+    )
+    return ok(
+        request,
+        {
+            "runId": run_id,
+            "jobId": body.job_id,
+            "stepId": body.step_id,
+            "action": body.action,
+            "resolved": True,
+        },
+    )
+
+
+# --- events (SSE) ----------------------------------------------------------------------------
+
+
+@requires("viewer")
+async def run_events(request: Request) -> StreamingResponse:
+    """Server-sent events: a `run.snapshot` first, then every event as it happens, each
+    with `id: <seq>`; reconnect with `Last-Event-ID` to resume without gaps. The stream
+    ends after the run's terminal event."""
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    try:
+        after = int(raw) if raw else None
+    except ValueError:
+        raise KbError(
+            "VALIDATION_ERROR", "Last-Event-ID must be an event sequence number", 400
+        ) from None
+    return StreamingResponse(
+        _stream(_engine(request), run_id, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
+    )
+
+
+def _frame(seq: int | None, data: dict[str, Any]) -> bytes:
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: workflow.event\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+async def _stream(engine: WorkflowEngine, run_id: str, after: int | None) -> AsyncIterator[bytes]:
+    yield b": connected\n\n"
+    if after is None:  # a fresh subscriber: the whole run first, then what follows
+        backlog = await engine.journal.events(run_id, 0, limit=1_000_000)
+        after = backlog[-1]["seq"] if backlog else 0
+        async with engine.store.engine.connect() as conn:
+            snapshot = await describe_run(conn, run_id)
+        yield _frame(after, {"type": "run.snapshot", "runId": run_id, "payload": snapshot})
+        if snapshot and snapshot["status"] in TERMINAL_RUN:
+            return
+    idle = 0.0
+    while True:
+        batch = await engine.journal.events(run_id, after)
+        for event in batch:
+            after = event["seq"]
+            yield _frame(after, event)
+            if event["type"] in TERMINAL_EVENTS:
+                return
+        if batch:
+            idle = 0.0
+            continue
+        if idle >= KEEPALIVE_S:
+            idle = 0.0
+            yield b": keep-alive\n\n"
+        async with engine.journal.changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.journal.changed.wait(), SSE_POLL_S)
+        idle += SSE_POLL_S
+
+
+# --- stats ---------------------------------------------------------------------------------
+
+
+@requires("viewer")
+async def stats(request: Request) -> JSONResponse:
+    engine = _engine(request)
+    counts = await engine.counts()
+    entries = engine.catalog.entries.values()
+    queued, oldest = await engine.queue.depth()
+    return ok(
+        request,
+        {
+            "workflows": {
+                "total": len(engine.catalog.entries),
+                "active": sum(1 for e in entries if e.spec is not None),
+                "invalid": sum(1 for e in entries if e.spec is None),
+            },
+            "runs": counts["runs"],
+            "jobs": counts["jobs"],
+            "queue": {"due": queued, "oldestAgeSeconds": oldest},
+            "activeExecutions": [
+                {"id": job.lease.job_id, "runId": job.lease.run_id, "status": "running"}
+                for job in engine.active.values()
+            ],
+        },
+    )
+
+
+routes = [
+    Route("/api/v1/workflows", list_workflows, methods=["GET"]),
+    Route("/api/v1/workflows/refresh", refresh_workflows, methods=["POST"]),
+    Route("/api/v1/workflows/{workflow_id:path}/runs", workflow_runs, methods=["GET"]),
+    Route("/api/v1/workflows/{workflow_id:path}/runs", start_run, methods=["POST"]),
+    Route(
+        "/api/v1/workflows/{workflow_id:path}",
+        get_workflow,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    ),
+    Route("/api/v1/runs", runs, methods=["GET"]),
+    Route("/api/v1/runs/{run_id}", get_run, methods=["GET"]),
+    Route("/api/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/api/v1/runs/{run_id}/rerun", rerun, methods=["POST"]),
+    Route("/api/v1/runs/{run_id}/logs", run_logs, methods=["GET"]),
+    Route("/api/v1/runs/{run_id}/events", run_events, methods=["GET"]),
+    Route("/api/v1/runs/{run_id}/approvals", approvals, methods=["GET"]),
+    Route("/api/v1/runs/{run_id}/approvals/resolve", resolve_approval, methods=["POST"]),
+    Route("/api/v1/stats", stats, methods=["GET"]),
+]

@@ -1,0 +1,451 @@
+"""The `workflows` component: the catalog, the workers of this process, the reaper, and
+the service API every caller uses (HTTP routes, CLI, the scheduler, child workflows).
+
+Any number of processes may run workers on one database (ARCHITECTURE §6): jobs are
+claimed with leases, so none runs twice at once, and the reaper of any process re-queues
+the jobs of a process that died. Workers wake at once for work made in this process and
+poll every half second for work made elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from typing import Any
+
+from loguru import logger
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from kblabs.config import Settings
+from kblabs.errors import KbError
+from kblabs.store import Store
+from kblabs.store.tables import workflow_approvals as approvals
+from kblabs.store.tables import workflow_jobs as jobs
+from kblabs.store.tables import workflow_runs as runs
+from kblabs.store.tables import workflow_steps as steps
+from kblabs.workflow import transitions
+from kblabs.workflow.catalog import Catalog
+from kblabs.workflow.expressions import ExpressionError, interpolate
+from kblabs.workflow.inputs import resolve_inputs
+from kblabs.workflow.jobrunner import JobRun, secret_values
+from kblabs.workflow.journal import Journal, add_event, iso, now
+from kblabs.workflow.queue import JobQueue
+from kblabs.workflow.spec import WorkflowSpec
+
+IDLE_POLL_S = 0.5
+REAP_EVERY_S = 5.0
+ERROR_BACKOFF_S = 2.0
+
+
+class WorkflowEngine:
+    name = "workflows"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        plugins: Any = None,  # PluginRegistry
+        runner: Any = None,  # PluginRunner
+        workers: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.plugins = plugins
+        self.runner = runner
+        self.options = settings.workflow
+        self.workers_enabled = self.options.workers if workers is None else workers
+        self.default_retries = self.options.default_retries
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.catalog = Catalog(settings.project_root, plugins)
+        self.journal = Journal(store)
+        self.queue = JobQueue(store, self.owner)
+        self.active: dict[str, JobRun] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.journal.start()
+        await self.catalog.refresh()
+        if self.plugins is not None:
+            self.plugins.listeners.append(lambda change: self.catalog.refresh())
+        if self.workers_enabled:
+            for number in range(self.options.max_parallel_jobs):
+                self._tasks.append(
+                    asyncio.create_task(self._work(), name=f"workflow-worker-{number}")
+                )
+        self._tasks.append(asyncio.create_task(self._reap(), name="workflow-reaper"))
+
+    async def stop(self) -> None:
+        """Stop claiming; jobs in progress go back to the queue for another worker."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.journal.stop()
+
+    def health(self) -> tuple[str, str]:
+        invalid = [e.id for e in self.catalog.entries.values() if e.spec is None]
+        if invalid:
+            return "degraded", f"workflows that do not validate: {', '.join(sorted(invalid))}"
+        mode = (
+            f"{self.options.max_parallel_jobs} worker(s)" if self.workers_enabled else "no workers"
+        )
+        return "ok", f"{len(self.catalog.entries)} workflow(s), {mode}, {len(self.active)} running"
+
+    async def notify(self) -> None:
+        self._wake.set()
+        await self.journal.notify()
+
+    # --- workers -------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                lease = await self.queue.claim()
+            except Exception as exc:  # the store may be briefly busy: never stop working
+                logger.opt(exception=exc).warning("workflow claim failed: {}", exc)
+                await asyncio.sleep(ERROR_BACKOFF_S)
+                continue
+            if lease is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                continue
+            job = JobRun(self, lease)
+            self.active[lease.job_id] = job
+            try:
+                await job.execute()
+            except asyncio.CancelledError:
+                await asyncio.shield(self.queue.release(lease))
+                raise
+            except Exception as exc:  # an engine bug must not kill the worker
+                logger.opt(exception=exc).error("job {} crashed the engine: {}", lease.job_id, exc)
+                await self._crashed(lease, exc)
+            finally:
+                self.active.pop(lease.job_id, None)
+
+    async def _crashed(self, lease: Any, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            async with self.store.write() as conn:
+                await transitions.finish_job(
+                    conn,
+                    lease,
+                    "failed",
+                    error={"code": "ENGINE_ERROR", "message": f"{type(exc).__name__}: {exc}"},
+                )
+            await self.notify()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_EVERY_S)
+            try:
+                requeued = await self.queue.reap()
+                expired = await self._expire_approvals()
+                if requeued or expired:
+                    logger.info(
+                        "workflow reaper: re-queued {}, expired approvals {}", requeued, expired
+                    )
+                    await self.notify()
+            except Exception as exc:
+                logger.opt(exception=exc).warning("workflow reaper failed: {}", exc)
+
+    # --- runs ----------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        workflow_id: str,
+        *,
+        inputs: dict[str, Any] | None = None,
+        trigger: dict[str, Any] | None = None,
+        tenant_id: str = "default",
+        idempotency_key: str | None = None,
+        parent_run_id: str | None = None,
+        depth: int = 0,
+        env: dict[str, str] | None = None,
+        spec: WorkflowSpec | None = None,
+    ) -> tuple[str, bool]:
+        """(run id, created). An idempotency key already used answers the first run's id
+        with created False."""
+        spec = spec or self.catalog.runnable(workflow_id)
+        resolved = resolve_inputs(spec, inputs or {})
+        trigger = {"type": "manual", **(trigger or {})}
+        context = {
+            "inputs": resolved,
+            "trigger": trigger,
+            "secrets": secret_values(list(spec.secrets)),
+            "env": dict(env or {}),
+        }
+        try:
+            run_env = {**(env or {}), **interpolate(dict(spec.env), context)}
+            group = interpolate(spec.concurrency.group, context) if spec.concurrency else None
+        except ExpressionError as exc:
+            raise KbError("VALIDATION_ERROR", f"env/concurrency: {exc}", 400) from None
+        run_id = str(uuid.uuid4())
+        metadata: dict[str, Any] = {}
+        if idempotency_key:
+            metadata["idempotencyKey"] = idempotency_key
+        if group:
+            metadata["concurrencyGroup"] = group
+        try:
+            async with self.store.write() as conn:
+                if group and spec.concurrency and spec.concurrency.cancel_in_progress:
+                    await self._cancel_group(conn, tenant_id, str(group))
+                await transitions.insert_run(
+                    conn,
+                    run_id=run_id,
+                    spec=spec,
+                    workflow_id=workflow_id,
+                    tenant_id=tenant_id,
+                    trigger=trigger,
+                    inputs=resolved,
+                    env={k: str(v) for k, v in run_env.items()},
+                    metadata=metadata,
+                    idempotency_key=idempotency_key,
+                    concurrency_group=str(group) if group else None,
+                    parent_run_id=parent_run_id,
+                    depth=depth,
+                )
+        except IntegrityError:
+            existing = await self._by_idempotency_key(idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        await self.notify()
+        return run_id, True
+
+    async def _cancel_group(self, conn: Any, tenant_id: str, group: str) -> None:
+        active = (
+            await conn.execute(
+                select(runs.c.id).where(
+                    runs.c.tenant_id == tenant_id,
+                    runs.c.concurrency_group == group,
+                    runs.c.status.in_(("queued", "running")),
+                )
+            )
+        ).all()
+        for (run_id,) in active:
+            await transitions.cancel_run(conn, run_id, f"superseded in concurrency group {group}")
+            self._stop_local(run_id)
+
+    async def _by_idempotency_key(self, key: str | None) -> str | None:
+        if not key:
+            return None
+        async with self.store.engine.connect() as conn:
+            row = (
+                await conn.execute(select(runs.c.id).where(runs.c.idempotency_key == key))
+            ).first()
+        return row[0] if row else None
+
+    async def cancel_run(self, run_id: str, reason: str = "cancelled by a user") -> str:
+        """Cancel a queued or running run; 404 unknown, 409 already finished."""
+        async with self.store.write() as conn:
+            before = await transitions.cancel_run(conn, run_id, reason)
+        if before is None:
+            raise KbError("RUN_NOT_FOUND", f"Run not found: {run_id}", 404)
+        if before in transitions.TERMINAL_RUN:
+            raise KbError("RUN_NOT_CANCELLABLE", f'Cannot cancel run with status "{before}"', 409)
+        self._stop_local(run_id)
+        await self.notify()
+        return before
+
+    def _stop_local(self, run_id: str) -> None:
+        """Jobs of the run running in this process stop now (others within a second)."""
+        for job in list(self.active.values()):
+            if job.lease.run_id == run_id:
+                job.stop("cancelled")
+
+    async def rerun(self, run_id: str, actor: str | None = None) -> str:
+        row = await self.get_run_row(run_id)
+        spec = WorkflowSpec.model_validate(row["spec"])
+        trigger = {"type": "rerun", "actor": actor, "payload": {"rerunOf": run_id}}
+        new_id, _ = await self.create_run(
+            row["workflow_id"],
+            inputs=row["inputs"],
+            trigger=trigger,
+            tenant_id=row["tenant_id"],
+            spec=spec,
+        )
+        return new_id
+
+    async def get_run_row(self, run_id: str) -> Any:
+        async with self.store.engine.connect() as conn:
+            row = (await conn.execute(select(runs).where(runs.c.id == run_id))).mappings().first()
+        if row is None:
+            raise KbError("RUN_NOT_FOUND", f"Run not found: {run_id}", 404)
+        return row
+
+    # --- approvals -----------------------------------------------------------------------
+
+    async def pending_approvals(self, run_id: str) -> list[dict[str, Any]]:
+        await self.get_run_row(run_id)
+        async with self.store.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(approvals)
+                    .where(approvals.c.run_id == run_id, approvals.c.status == "pending")
+                    .order_by(approvals.c.created_at)
+                )
+            ).mappings()
+            return [
+                {
+                    "jobId": row["job_id"],
+                    "stepId": row["step_id"],
+                    "title": row["title"],
+                    "instructions": row["instructions"],
+                    "context": row["context"],
+                    "waitingSince": iso(row["created_at"]),
+                    "expiresAt": iso(row["expires_at"]),
+                }
+                for row in rows
+            ]
+
+    async def resolve_approval(
+        self,
+        run_id: str,
+        job_id: str,
+        step_id: str,
+        action: str,
+        *,
+        comment: str | None = None,
+        data: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Approve or reject a waiting step; its job resumes on any worker."""
+        if action not in ("approve", "reject"):
+            raise KbError("VALIDATION_ERROR", 'action must be "approve" or "reject"', 400)
+        await self.get_run_row(run_id)
+        job_row_id = job_id if job_id.startswith(run_id + ":") else f"{run_id}:{job_id}"
+        async with self.store.write() as conn:
+            await self._resolve(conn, run_id, job_row_id, step_id, action, comment, data, actor)
+        await self.notify()
+
+    async def _resolve(
+        self,
+        conn: Any,
+        run_id: str,
+        job_id: str,
+        step_id: str,
+        action: str,
+        comment: str | None,
+        data: dict[str, Any] | None,
+        actor: str | None,
+    ) -> None:
+        job = (await conn.execute(select(jobs.c.id).where(jobs.c.id == job_id))).first()
+        if job is None:
+            raise KbError("JOB_NOT_FOUND", f"Job not found: {job_id}", 404)
+        step = (
+            (
+                await conn.execute(
+                    select(steps).where(steps.c.job_id == job_id, steps.c.step_id == step_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if step is None:
+            raise KbError("STEP_NOT_FOUND", f"Step not found: {step_id}", 404)
+        if step["status"] != "waiting_approval":
+            raise KbError(
+                "STEP_NOT_WAITING",
+                f"Step is not waiting for approval (current status: {step['status']})",
+                409,
+            )
+        approved = action == "approve"
+        outputs = {"approved": approved, "action": action, **(data or {})}
+        if comment:
+            outputs["comment"] = comment
+        stamp = now()
+        await conn.execute(
+            update(approvals)
+            .where(approvals.c.step_row_id == step["id"], approvals.c.status == "pending")
+            .values(
+                status="approved" if approved else "rejected",
+                action=action,
+                comment=comment,
+                data=data,
+                resolved_by=actor,
+                resolved_at=stamp,
+            )
+        )
+        error = (
+            None
+            if approved
+            else {"code": "APPROVAL_REJECTED", "message": comment or "Approval rejected"}
+        )
+        await conn.execute(
+            update(steps)
+            .where(steps.c.id == step["id"])
+            .values(
+                status="success" if approved else "failed",
+                outputs=outputs,
+                error=error,
+                finished_at=stamp,
+            )
+        )
+        await add_event(
+            conn,
+            run_id,
+            "step.updated",
+            {"jobId": job_id, "stepId": step_id, "action": action, "actor": actor},
+            job_id=job_id,
+            step_id=step["id"],
+        )
+        await transitions.requeue_after_approval(conn, job_id)
+
+    async def _expire_approvals(self) -> int:
+        stamp = now()
+        async with self.store.write() as conn:
+            due = (
+                (
+                    await conn.execute(
+                        select(approvals).where(
+                            approvals.c.status == "pending", approvals.c.expires_at < stamp
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            for row in due:
+                await conn.execute(
+                    update(approvals)
+                    .where(approvals.c.step_row_id == row["step_row_id"])
+                    .values(status="expired", resolved_at=stamp)
+                )
+                error = {"code": "APPROVAL_TIMEOUT", "message": "no answer before the timeout"}
+                await conn.execute(
+                    update(steps)
+                    .where(steps.c.id == row["step_row_id"])
+                    .values(status="failed", error=error, finished_at=stamp)
+                )
+                await add_event(
+                    conn,
+                    row["run_id"],
+                    "step.failed",
+                    {"error": error},
+                    job_id=row["job_id"],
+                    step_id=row["step_row_id"],
+                )
+                await transitions.requeue_after_approval(conn, row["job_id"])
+        return len(due)
+
+    # --- counts for metrics and stats ----------------------------------------------------
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async with self.store.engine.connect() as conn:
+            by_run = (
+                await conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))
+            ).all()
+            by_job = (
+                await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            ).all()
+        return {"runs": dict(by_run), "jobs": dict(by_job)}

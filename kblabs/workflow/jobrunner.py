@@ -1,0 +1,439 @@
+"""Running one claimed job: its steps in order (pre hooks, steps, onSuccess or
+onFailure, post), resuming at the first step that has not finished.
+
+While the job runs a watcher heartbeats its lease and looks for a cancel request
+every second; a cancel, a lost lease or the job's timeout stops the step in progress
+(a shell step's whole process group is killed). No transaction is held while a step
+runs: each state change is its own short transaction, fenced by the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+from sqlalchemy import select
+
+from kblabs.store.tables import workflow_jobs as jobs
+from kblabs.store.tables import workflow_runs as runs
+from kblabs.store.tables import workflow_steps as steps
+from kblabs.workflow import transitions
+from kblabs.workflow.expressions import (
+    ExpressionError,
+    SecretMasker,
+    evaluate_condition,
+    interpolate,
+)
+from kblabs.workflow.journal import now
+from kblabs.workflow.outcome import NOT_RETRYABLE, StepFailed, StepOutcome, Stop
+from kblabs.workflow.queue import Lease
+from kblabs.workflow.spec import JobSpec, StepSpec, WorkflowSpec
+from kblabs.workflow.steps import kinds
+
+if TYPE_CHECKING:
+    from kblabs.workflow.engine import WorkflowEngine
+
+HEARTBEAT_EVERY_S = 10.0
+CANCEL_CHECK_EVERY_S = 1.0
+DEFAULT_STEP_TIMEOUT_MS = 300_000
+
+
+def secret_values(names: list[str]) -> dict[str, str]:
+    """`secrets.NAME` from `KB_SECRET_NAME`, else the variable `NAME` itself."""
+    found = {}
+    for name in names:
+        value = os.environ.get(f"KB_SECRET_{name}", os.environ.get(name))
+        if value is not None:
+            found[name] = value
+    return found
+
+
+class JobRun:
+    """One execution of one claimed job (an attempt)."""
+
+    def __init__(self, engine: WorkflowEngine, lease: Lease) -> None:
+        self.engine = engine
+        self.lease = lease
+        self.store = engine.store
+        self.stop_reason: str | None = None
+        self._body: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        self._body = asyncio.create_task(self._run(), name=f"job {self.lease.job_id}")
+        watcher = asyncio.create_task(self._watch(), name=f"watch {self.lease.job_id}")
+        try:
+            await self._body
+        except asyncio.CancelledError:
+            if self.stop_reason is None:  # the engine itself is stopping
+                raise
+            await self._stopped()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.engine.journal.flush()
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._body is not None:
+            self._body.cancel()
+
+    async def _watch(self) -> None:
+        beat = 0.0
+        while True:
+            await asyncio.sleep(CANCEL_CHECK_EVERY_S)
+            beat += CANCEL_CHECK_EVERY_S
+            if beat >= HEARTBEAT_EVERY_S:
+                beat = 0.0
+                if not await self.engine.queue.heartbeat(self.lease):
+                    logger.warning("{}: lease lost; stopping this attempt", self.lease.job_id)
+                    self.stop("lease-lost")
+                    return
+            if await self.engine.queue.cancel_requested(self.lease):
+                self.stop("cancelled")
+                return
+
+    async def _stopped(self) -> None:
+        if self.stop_reason == "lease-lost":
+            return  # another worker owns the job now: write nothing
+        if self.stop_reason == "timeout":
+            await self._fail({"code": "JOB_TIMEOUT", "message": "the job ran out of time"}, False)
+            return
+        async with self.store.write() as conn:
+            await transitions.finish_job(conn, self.lease, "cancelled")
+        await self.engine.notify()
+
+    # --- the job -------------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        async with self.store.engine.connect() as conn:
+            self.run_row = (
+                (await conn.execute(select(runs).where(runs.c.id == self.lease.run_id)))
+                .mappings()
+                .one()
+            )
+            self.job_row = (
+                (await conn.execute(select(jobs).where(jobs.c.id == self.lease.job_id)))
+                .mappings()
+                .one()
+            )
+            self.job_rows = (
+                (await conn.execute(select(jobs).where(jobs.c.run_id == self.lease.run_id)))
+                .mappings()
+                .all()
+            )
+            self.step_rows = [
+                dict(row)
+                for row in (
+                    await conn.execute(
+                        select(steps)
+                        .where(steps.c.run_id == self.lease.run_id)
+                        .order_by(steps.c.job_id, steps.c.section, steps.c.idx)
+                    )
+                ).mappings()
+            ]
+        self.spec = WorkflowSpec.model_validate(self.run_row["spec"])
+        self.job: JobSpec = self.spec.jobs[self.job_row["name"]]
+        names = [*self.spec.secrets, *self.job.secrets]
+        for step in [*self.job.steps, *self.job.hooks.pre, *self.job.hooks.post]:
+            names += step.secrets
+        for step in [*self.job.hooks.on_success, *self.job.hooks.on_failure]:
+            names += step.secrets
+        self.secrets = secret_values(list(dict.fromkeys(names)))
+        self.masker = SecretMasker(list(self.secrets.values()))
+
+    async def _run(self) -> None:
+        await self._load()
+        context = self._context()
+        if self.job.if_ is not None and not self._condition(self.job.if_, context):
+            async with self.store.write() as conn:
+                await transitions.finish_job(
+                    conn, self.lease, "skipped", skip_reason=f"if: {self.job.if_}"
+                )
+            await self.engine.notify()
+            return
+        if self.job.timeout_ms:
+            try:
+                await asyncio.wait_for(self._sections(context), self.job.timeout_ms / 1000)
+            except TimeoutError:
+                self.stop_reason = "timeout"
+                await self._stopped()
+        else:
+            await self._sections(context)
+
+    async def _sections(self, context: dict[str, Any]) -> None:
+        failure: dict[str, Any] | None = None
+        for section in ("pre", "main"):
+            if failure is None:
+                outcome = await self._section(section, context)
+                if outcome == "waiting":
+                    return
+                failure = outcome if isinstance(outcome, dict) else None
+        context["job"] = {"status": "failure" if failure else "success"}
+        follow_up = "onFailure" if failure else "onSuccess"
+        for section in (follow_up, "post"):
+            outcome = await self._section(section, context)
+            if outcome == "waiting":
+                return
+            if isinstance(outcome, dict) and failure is None:
+                failure = outcome  # a failing onSuccess/post hook fails the job
+        if failure is not None:
+            await self._fail(failure, failure.get("code") not in NOT_RETRYABLE)
+            return
+        outputs = self._job_outputs(context)
+        async with self.store.write() as conn:
+            await transitions.finish_job(conn, self.lease, "success", outputs=outputs)
+        await self.engine.notify()
+
+    async def _fail(self, error: dict[str, Any], retryable: bool) -> None:
+        policy = self.job.retry_policy(self.engine.default_retries)
+        failures = self.job_row["failures"]
+        async with self.store.write() as conn:
+            if retryable and failures < policy.max:
+                delay = timedelta(milliseconds=policy.delay_ms(failures))
+                await transitions.retry_job(conn, self.lease, error, now() + delay)
+            else:
+                await transitions.finish_job(
+                    conn,
+                    self.lease,
+                    "failed",
+                    error=error,
+                    exhausted_retries=retryable and policy.max > 0,
+                )
+        await self.engine.notify()
+
+    async def _section(self, section: str, context: dict[str, Any]) -> Any:
+        """Run one section; None when it passed, "waiting" for an approval, or the
+        error dict of the step that failed the job."""
+        specs = transitions.section_steps(self.spec, self.job_row["name"], section)
+        rows = [
+            r
+            for r in self.step_rows
+            if r["job_id"] == self.lease.job_id and r["section"] == section
+        ]
+        index = 0
+        while index < len(rows):
+            row, spec = rows[index], specs[index]
+            outcome = await self._step(row, spec, context, specs, index)
+            if outcome.status == "waiting":
+                return "waiting"
+            if outcome.status == "restart":
+                index = await self._restart(rows, specs, outcome.restart_from or "", context)
+                continue
+            if outcome.status == "failed":
+                tolerated = spec.continue_on_error or _next_is_gate(specs, index)
+                if not tolerated:
+                    return outcome.error or {"code": "STEP_FAILED", "message": "step failed"}
+            index += 1
+        return None
+
+    async def _step(
+        self,
+        row: dict[str, Any],
+        spec: StepSpec,
+        context: dict[str, Any],
+        specs: list[StepSpec],
+        index: int,
+    ) -> StepOutcome:
+        if row["status"] in ("success", "skipped"):
+            context["steps"][spec.id] = {"outputs": row["outputs"] or {}, "status": row["status"]}
+            return StepOutcome(row["status"], row["outputs"] or {})
+        if row["status"] == "failed":  # resolved while the job waited (a rejected approval)
+            context["steps"][spec.id] = {"outputs": row["outputs"] or {}, "status": "failed"}
+            return StepOutcome("failed", row["outputs"] or {}, row["error"])
+        if spec.if_ is not None and not self._condition(spec.if_, context):
+            await self._write_step(row, "step.skipped", status="skipped", finished_at=now())
+            context["steps"][spec.id] = {"outputs": {}, "status": "skipped"}
+            row["status"] = "skipped"
+            return StepOutcome("skipped")
+        started = now()
+        await self._write_step(
+            row,
+            "step.started",
+            {"stepName": spec.name, "uses": str(spec.uses)},
+            status="running",
+            started_at=started,
+            attempt=row["attempt"] + 1,
+        )
+        outcome = await self._attempt(row, spec, context)
+        if outcome.status == "waiting":
+            return outcome
+        if outcome.status in ("success", "restart"):
+            outputs = self._declared_outputs(spec, outcome.outputs, context)
+            await self._write_step(
+                row,
+                "step.succeeded",
+                {"outputs": self._masked(outputs)},
+                status="success",
+                outputs=outputs,
+                finished_at=now(),
+            )
+            row.update(status="success", outputs=outputs)
+            context["steps"][spec.id] = {"outputs": outputs, "status": "success"}
+            outcome.outputs = outputs
+            return outcome
+        await self._write_step(
+            row,
+            "step.failed",
+            {"error": outcome.error},
+            status="failed",
+            error=outcome.error,
+            outputs=outcome.outputs or None,
+            finished_at=now(),
+        )
+        row.update(status="failed", error=outcome.error)
+        context["steps"][spec.id] = {"outputs": outcome.outputs, "status": "failed"}
+        return outcome
+
+    async def _attempt(
+        self, row: dict[str, Any], spec: StepSpec, context: dict[str, Any]
+    ) -> StepOutcome:
+        try:
+            with_ = interpolate(dict(spec.with_), context)
+            env = {**context["env"], **interpolate(dict(spec.env), context)}
+            call = kinds.StepCall(
+                engine=self.engine,
+                run=self.run_row,
+                job=self.job_row,
+                row=row,
+                spec=spec,
+                with_=with_,
+                env=env,
+                context=context,
+                timeout_ms=spec.timeout_ms or DEFAULT_STEP_TIMEOUT_MS,
+                cwd=Path(self.engine.settings.project_root),
+                lease=self.lease,
+                log=self._log_line,
+            )
+            return await kinds.run_step(call)
+        except StepFailed as exc:
+            return StepOutcome("failed", error=exc.to_error())
+        except ExpressionError as exc:
+            return StepOutcome("failed", error={"code": "INVALID_STEP", "message": str(exc)})
+
+    async def _restart(
+        self,
+        rows: list[dict[str, Any]],
+        specs: list[StepSpec],
+        target: str,
+        context: dict[str, Any],
+    ) -> int:
+        """A gate sent the job back to `target`: that step and the ones after it run
+        again (their results are cleared)."""
+        index = next(i for i, s in enumerate(specs) if s.id == target)
+        async with self.store.write() as conn:
+            for row in rows[index:]:
+                ok = await transitions.update_step(
+                    conn,
+                    self.lease,
+                    row["id"],
+                    status="queued",
+                    outputs=None,
+                    error=None,
+                    started_at=None,
+                    finished_at=None,
+                )
+                if not ok:
+                    raise Stop("lease-lost")
+                row.update(status="queued", outputs=None, error=None)
+                context["steps"].pop(row["step_id"], None)
+        return index
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _context(self) -> dict[str, Any]:
+        done = {
+            row["name"]: {"outputs": row["outputs"] or {}, "result": row["status"]}
+            for row in self.job_rows
+            if row["status"] in transitions.TERMINAL_JOB
+        }
+        step_outputs: dict[str, Any] = {}
+        for row in self.step_rows:  # every finished step of the run; this job's last
+            if row["status"] == "success" and row["job_id"] != self.lease.job_id:
+                step_outputs[row["step_id"]] = {
+                    "outputs": row["outputs"] or {},
+                    "status": "success",
+                }
+        env = {**self.run_row["env"]}
+        base = {
+            "inputs": self.run_row["inputs"],
+            "trigger": self.run_row["trigger"],
+            "secrets": self.secrets,
+            "needs": {k: v for k, v in done.items() if k in self.job.needs},
+            "steps": step_outputs,
+            "job": {"status": "success"},
+            "run": {
+                "id": self.run_row["id"],
+                "workflowId": self.run_row["workflow_id"],
+                "attempt": self.job_row["attempt"],
+                "jobName": self.job_row["name"],
+            },
+        }
+        base["env"] = {**env, **interpolate(dict(self.job.env), {**base, "env": env})}
+        return base
+
+    def _condition(self, text: str, context: dict[str, Any]) -> bool:
+        try:
+            return evaluate_condition(text, context)
+        except ExpressionError as exc:
+            raise StepFailed("INVALID_STEP", f"if: {exc}") from None
+
+    def _declared_outputs(
+        self, spec: StepSpec, outputs: dict[str, Any], context: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not spec.outputs:
+            return outputs
+        scope = {**context, "steps": {**context["steps"], spec.id: {"outputs": outputs}}}
+        declared = {name: interpolate(expr, scope) for name, expr in spec.outputs.items()}
+        return {**outputs, **declared}
+
+    def _job_outputs(self, context: dict[str, Any]) -> dict[str, Any]:
+        return {name: interpolate(expr, context) for name, expr in self.job.outputs.items()}
+
+    def _masked(self, value: Any) -> Any:
+        import json
+
+        if not self.secrets:
+            return value
+        return json.loads(self.masker.mask(json.dumps(value, default=str)))
+
+    def _log_line(
+        self, stream: str | None, message: str, line_no: int | None, step_row: str
+    ) -> None:
+        self.engine.journal.log(
+            self.lease.run_id,
+            message,
+            level="error" if stream == "stderr" else "info",
+            job_id=self.lease.job_id,
+            step_id=step_row,
+            stream=stream,
+            line_no=line_no,
+            mask=self.masker.mask,
+        )
+
+    async def _write_step(
+        self,
+        row: dict[str, Any],
+        event: str,
+        payload: dict[str, Any] | None = None,
+        **values: Any,
+    ) -> None:
+        async with self.store.write() as conn:
+            ok = await transitions.update_step(
+                conn, self.lease, row["id"], event, payload, **values
+            )
+        if not ok:
+            raise Stop("lease-lost")
+        await self.engine.journal.notify()
+
+
+def _next_is_gate(specs: list[StepSpec], index: int) -> bool:
+    return index + 1 < len(specs) and specs[index + 1].uses.is_builtin("gate")

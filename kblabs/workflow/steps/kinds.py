@@ -1,0 +1,352 @@
+"""One function per `uses` kind. Each gets a `StepCall` (the step, its interpolated
+`with` and env, the run and job rows, the engine) and returns a `StepOutcome` or
+raises `StepFailed`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from sqlalchemy import insert, select, update
+
+from kblabs.errors import KbError
+from kblabs.store.tables import workflow_approvals as approvals
+from kblabs.store.tables import workflow_runs as runs
+from kblabs.workflow import transitions
+from kblabs.workflow.expressions import ExpressionError, evaluate, interpolate
+from kblabs.workflow.journal import add_event, now
+from kblabs.workflow.outcome import StepFailed, StepOutcome, Stop, as_outputs
+from kblabs.workflow.queue import Lease
+from kblabs.workflow.spec import StepSpec
+from kblabs.workflow.steps.shell import ShellBlocked, run_shell
+
+if TYPE_CHECKING:
+    from kblabs.workflow.engine import WorkflowEngine
+
+MAX_WORKFLOW_DEPTH = 3
+CHILD_POLL_S = 0.5
+
+LogLine = Callable[[str | None, str, int | None, str], None]
+
+
+@dataclass
+class StepCall:
+    engine: WorkflowEngine
+    run: Any  # the run row
+    job: Any  # the job row
+    row: dict[str, Any]  # the step row
+    spec: StepSpec
+    with_: dict[str, Any]
+    env: dict[str, str]
+    context: dict[str, Any]
+    timeout_ms: int
+    cwd: Path
+    lease: Lease
+    log: LogLine
+
+    @property
+    def host_context(self) -> dict[str, Any]:
+        return {
+            "workflowId": self.run["workflow_id"],
+            "runId": self.run["id"],
+            "jobId": self.job["id"],
+            "stepId": self.spec.id,
+            "attempt": self.job["attempt"],
+        }
+
+
+async def run_step(call: StepCall) -> StepOutcome:
+    uses = call.spec.uses
+    runner = KINDS.get(uses.kind if uses.kind != "builtin" else uses.target)
+    if runner is None:
+        raise StepFailed("INVALID_STEP", f"unsupported uses: {uses}")
+    return await runner(call)
+
+
+def _typed(call: StepCall, parse: Callable[[dict[str, Any]], Any]) -> Any:
+    try:
+        return parse(call.with_)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StepFailed("INVALID_STEP", f"with.{where}: {first['msg']}") from None
+
+
+# --- builtin:noop / builtin:shell ------------------------------------------------------------
+
+
+async def noop(call: StepCall) -> StepOutcome:
+    return StepOutcome("success", dict(call.with_))
+
+
+async def shell(call: StepCall) -> StepOutcome:
+    from kblabs.workflow.spec import ShellWith
+
+    typed = _typed(call, ShellWith.model_validate)
+    env = {**os.environ, **call.env, **typed.env}
+    timeout_ms = typed.timeout or call.spec.timeout_ms or call.timeout_ms
+    try:
+        result = await run_shell(
+            typed.command_text,
+            cwd=call.cwd,
+            env={k: str(v) for k, v in env.items()},
+            timeout_s=timeout_ms / 1000,
+            on_line=lambda stream, line, number: call.log(stream, line, number, call.row["id"]),
+        )
+    except ShellBlocked as exc:
+        raise StepFailed("SHELL_BLOCKED", str(exc)) from None
+    outputs = result.outputs()
+    if result.timed_out:
+        return StepOutcome(
+            "failed",
+            outputs,
+            {"code": "STEP_TIMEOUT", "message": f"Shell command timed out after {timeout_ms}ms"},
+        )
+    if result.exit_code != 0:
+        message = result.stderr.strip()[:500] or (
+            f"Step handler reported failure (exitCode: {result.exit_code})"
+        )
+        return StepOutcome(
+            "failed",
+            outputs,
+            {"code": "HANDLER_REPORTED_FAILURE", "message": message, "exitCode": result.exit_code},
+        )
+    return StepOutcome("success", outputs)
+
+
+# --- plugin:<id>/<handler>, command:<id> -----------------------------------------------------
+
+
+def _plugin(call: StepCall, plugin_id: str) -> Any:
+    plugins = call.engine.plugins.plugins if call.engine.plugins else []
+    for plugin in plugins:
+        if plugin.id == plugin_id or plugin.id.endswith("/" + plugin_id):
+            return plugin
+    raise StepFailed("COMMAND_RESOLUTION_FAILED", f"Plugin not found: {plugin_id}")
+
+
+async def _run_handler(call: StepCall, plugin: Any, handler: str, permissions: Any, data: Any):
+    from kblabs.plugins.runner import Call
+
+    try:
+        result = await call.engine.runner.run(
+            plugin,
+            Call(
+                host="workflow",
+                handler_ref=handler,
+                input=data,
+                permissions=permissions,
+                timeout_ms=call.spec.timeout_ms or call.timeout_ms,
+                host_context=call.host_context,
+                request_id=call.run["id"],
+                tenant_id=call.run["tenant_id"],
+                cwd=call.cwd,
+            ),
+        )
+    except KbError as exc:
+        raise StepFailed(exc.code, exc.message, exc.details) from None
+    return StepOutcome("success", as_outputs(result))
+
+
+async def plugin(call: StepCall) -> StepOutcome:
+    uses = call.spec.uses
+    found = _plugin(call, uses.plugin_id or "")
+    handlers = found.manifest.workflows.handlers if found.manifest.workflows else []
+    spec = next((h for h in handlers if h.id == uses.handler_id), None)
+    if spec is None:
+        raise StepFailed(
+            "COMMAND_RESOLUTION_FAILED",
+            f"Workflow handler not found: {uses.handler_id} in plugin {found.id}",
+        )
+    data = call.with_ if call.with_ else call.run["inputs"]  # no `with`: the run's inputs
+    return await _run_handler(call, found, spec.handler, spec.permissions, data)
+
+
+async def command(call: StepCall) -> StepOutcome:
+    wanted = call.spec.uses.target
+    plugins = call.engine.plugins.plugins if call.engine.plugins else []
+    for candidate in plugins:
+        for cmd in candidate.manifest.cli.commands if candidate.manifest.cli else []:
+            names = {cmd.id, ":".join(p for p in (cmd.group, cmd.subgroup, cmd.id) if p)}
+            names.add(" ".join(p for p in (cmd.group, cmd.subgroup, cmd.id) if p))
+            if wanted in names:
+                flags = call.with_.get("flags", call.with_)
+                data = {"flags": flags, "argv": list(call.with_.get("argv", []))}
+                return await _run_handler(call, candidate, cmd.handler, cmd.permissions, data)
+    raise StepFailed("COMMAND_RESOLUTION_FAILED", f"Command not found: {wanted}")
+
+
+# --- workflow:<id> -------------------------------------------------------------------------
+
+
+async def workflow(call: StepCall) -> StepOutcome:
+    from kblabs.workflow.spec import WorkflowCallWith
+
+    typed = _typed(call, WorkflowCallWith.model_validate)
+    depth = call.run["depth"] + 1
+    if depth > MAX_WORKFLOW_DEPTH:
+        raise StepFailed(
+            "WORKFLOW_DEPTH_EXCEEDED", f"workflows nest at most {MAX_WORKFLOW_DEPTH} deep"
+        )
+    try:
+        child_id, _ = await call.engine.create_run(
+            call.spec.uses.target,
+            inputs=typed.inputs,
+            trigger={"type": "workflow", "parentRunId": call.run["id"], "stepId": call.spec.id},
+            tenant_id=call.run["tenant_id"],
+            parent_run_id=call.run["id"],
+            depth=depth,
+            env=dict(call.env) if typed.inherit_env else None,
+        )
+    except KbError as exc:
+        raise StepFailed(exc.code, exc.message, exc.details) from None
+    if typed.mode == "fire-and-forget":
+        return StepOutcome("success", {"runId": child_id, "mode": "fire-and-forget"})
+    try:
+        while True:  # the step holds its worker slot while the child runs
+            child = await call.engine.get_run_row(child_id)
+            if child["status"] in transitions.TERMINAL_RUN:
+                break
+            await asyncio.sleep(CHILD_POLL_S)
+    except asyncio.CancelledError:
+        await call.engine.cancel_run(child_id, "parent run stopped")
+        raise
+    outputs = {"runId": child_id, "status": child["status"], "result": child["result"]}
+    if child["status"] != "success":
+        return StepOutcome(
+            "failed",
+            outputs,
+            {
+                "code": "CHILD_RUN_FAILED",
+                "message": f"child run {child_id} ended {child['status']}",
+            },
+        )
+    return StepOutcome("success", outputs)
+
+
+# --- builtin:approval ----------------------------------------------------------------------
+
+
+async def approval(call: StepCall) -> StepOutcome:
+    """Ask a person; the job gives its worker back until the answer (or the timeout)."""
+    from kblabs.workflow.spec import ApprovalWith
+
+    typed = _typed(call, ApprovalWith.model_validate)
+    stamp = now()
+    expires = stamp + timedelta(milliseconds=typed.timeout_ms) if typed.timeout_ms else None
+    async with call.engine.store.write() as conn:
+        if not await transitions.lease_holds(conn, call.lease):
+            raise Stop("lease-lost")
+        await conn.execute(
+            insert(approvals).values(
+                step_row_id=call.row["id"],
+                run_id=call.run["id"],
+                job_id=call.job["id"],
+                step_id=call.spec.id,
+                status="pending",
+                title=typed.title or call.spec.name,
+                instructions=typed.instructions,
+                context=typed.context,
+                expires_at=expires,
+                created_at=stamp,
+            )
+        )
+        await transitions.update_step(
+            conn,
+            call.lease,
+            call.row["id"],
+            "step.waitingApproval",
+            {"jobId": call.job["id"], "stepId": call.spec.id, "title": typed.title},
+            status="waiting_approval",
+        )
+        await transitions.release_for_approval(conn, call.lease)
+    return StepOutcome("waiting")
+
+
+# --- builtin:gate ---------------------------------------------------------------------------
+
+
+async def gate(call: StepCall) -> StepOutcome:
+    from kblabs.workflow.spec import GateWith
+
+    typed = _typed(call, GateWith.model_validate)
+    try:
+        text = typed.decision.strip()
+        value = (
+            interpolate(text, call.context)
+            if text.startswith("${{")
+            else evaluate(text, call.context)
+        )
+    except ExpressionError as exc:
+        raise StepFailed("INVALID_STEP", f"with.decision: {exc}") from None
+    key = _decision_key(value)
+    route = typed.routes.get(key)
+    action = route.action if route else (typed.default or "fail")
+    base = {"decisionValue": value}
+    if action == "continue":
+        return StepOutcome("success", {**base, "action": "continue"})
+    if action == "fail" or route is None:
+        raise StepFailed("GATE_FAILED", f"Gate failed: decision={key}")
+    counter = f"gate:{call.spec.id}:iterations"
+    iteration = await _bump(call, counter)
+    if iteration >= typed.max_iterations:
+        raise StepFailed(
+            "GATE_MAX_ITERATIONS",
+            f"Gate max iterations reached ({typed.max_iterations}) for step {call.spec.id}",
+        )
+    if route.context:
+        call.context["trigger"] = {
+            **call.context["trigger"],
+            "payload": {**(call.context["trigger"].get("payload") or {}), **route.context},
+        }
+    outputs = {
+        **base,
+        "action": "restart",
+        "restartFrom": route.restart_from,
+        "iteration": iteration,
+    }
+    return StepOutcome("restart", outputs, restart_from=route.restart_from)
+
+
+def _decision_key(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+async def _bump(call: StepCall, counter: str) -> int:
+    async with call.engine.store.write() as conn:
+        row = (await conn.execute(select(runs.c.metadata).where(runs.c.id == call.run["id"]))).one()
+        metadata = dict(row[0] or {})
+        metadata[counter] = int(metadata.get(counter, 0)) + 1
+        await conn.execute(
+            update(runs).where(runs.c.id == call.run["id"]).values(metadata=metadata)
+        )
+        await add_event(
+            conn,
+            call.run["id"],
+            "step.updated",
+            {"action": "restart", "iteration": metadata[counter]},
+            job_id=call.job["id"],
+            step_id=call.row["id"],
+        )
+    return int(metadata[counter])
+
+
+KINDS: dict[str, Callable[[StepCall], Awaitable[StepOutcome]]] = {
+    "noop": noop,
+    "shell": shell,
+    "approval": approval,
+    "gate": gate,
+    "plugin": plugin,
+    "command": command,
+    "workflow": workflow,
+}
