@@ -30,6 +30,9 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /api/v1/runs[/{id}[/…]]            runs: cancel, rerun, logs, events (SSE),  bearer
                                        approvals
     /api/v1/stats                      workflow engine counts                  bearer
+    /api/v1/crons[/{id}[/…]]           cron schedules: trigger, pause, resume  bearer (operator)
+    /api/v1/jobs[/{id}[/cancel]]       one-step broker jobs                    bearer (operator)
+    /api/v1/hooks/{workflowId}         signed webhook starts a workflow        HMAC signature
     /api/… (anything else)             plugin-declared routes (catch-all, last) bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
@@ -90,6 +93,7 @@ from kblabs.state.ratelimit import TenantRateLimitMiddleware
 from kblabs.state.service import StateBroker
 from kblabs.store import Store
 from kblabs.workflow import api as workflow_api
+from kblabs.workflow import triggers_api
 from kblabs.workflow.engine import WorkflowEngine
 
 
@@ -180,6 +184,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *plugin_api.routes,
         *webhook_api.routes,
         *workflow_api.routes,
+        *triggers_api.routes,
         *platform_info.routes,
         *studio_api.routes,
     ]

@@ -87,7 +87,7 @@ async def list_workflows(request: Request) -> JSONResponse:
 @requires("operator")
 async def refresh_workflows(request: Request) -> JSONResponse:
     """Reload `.kb/workflows/*` and the plugins' workflows now."""
-    return ok(request, await _engine(request).catalog.refresh())
+    return ok(request, await _engine(request).refresh())
 
 
 @requires("viewer")

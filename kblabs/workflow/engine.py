@@ -34,7 +34,8 @@ from kblabs.workflow.inputs import resolve_inputs
 from kblabs.workflow.jobrunner import JobRun, secret_values
 from kblabs.workflow.journal import Journal, add_event, iso, now
 from kblabs.workflow.queue import JobQueue
-from kblabs.workflow.spec import WorkflowSpec
+from kblabs.workflow.scheduler import Scheduler
+from kblabs.workflow.spec import WorkflowSpec, validate_spec
 
 IDLE_POLL_S = 0.5
 REAP_EVERY_S = 5.0
@@ -64,6 +65,7 @@ class WorkflowEngine:
         self.catalog = Catalog(settings.project_root, plugins)
         self.journal = Journal(store)
         self.queue = JobQueue(store, self.owner)
+        self.scheduler = Scheduler(self)
         self.active: dict[str, JobRun] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,8 +75,9 @@ class WorkflowEngine:
     async def start(self) -> None:
         await self.journal.start()
         await self.catalog.refresh()
+        await self.scheduler.start()
         if self.plugins is not None:
-            self.plugins.listeners.append(lambda change: self.catalog.refresh())
+            self.plugins.listeners.append(lambda change: self.refresh())
         if self.workers_enabled:
             for number in range(self.options.max_parallel_jobs):
                 self._tasks.append(
@@ -82,8 +85,15 @@ class WorkflowEngine:
                 )
         self._tasks.append(asyncio.create_task(self._reap(), name="workflow-reaper"))
 
+    async def refresh(self) -> dict[str, Any]:
+        """Reread the catalog and the schedules it declares."""
+        change = await self.catalog.refresh()
+        await self.scheduler.sync()
+        return change
+
     async def stop(self) -> None:
         """Stop claiming; jobs in progress go back to the queue for another worker."""
+        await self.scheduler.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -221,6 +231,64 @@ class WorkflowEngine:
             return existing, False
         await self.notify()
         return run_id, True
+
+    async def start_job(
+        self,
+        job_type: str,
+        payload: Any = None,
+        *,
+        trigger: dict[str, Any] | None = None,
+        tenant_id: str = "default",
+        idempotency_key: str | None = None,
+        priority: int | None = None,
+    ) -> tuple[str, bool]:
+        """A one-step run of `job_type` (`plugin:<id>/<handler>`, `command:<id>`,
+        `builtin:shell`…, a bare name meaning `command:<name>`; `workflow:<id>` starts
+        that workflow), for the jobs API and cron entries."""
+        if job_type.startswith("workflow:"):
+            data = payload if isinstance(payload, dict) else {}
+            return await self.create_run(
+                job_type.removeprefix("workflow:"),
+                inputs=data,
+                trigger=trigger,
+                tenant_id=tenant_id,
+                idempotency_key=idempotency_key,
+            )
+        uses = job_type if ":" in job_type else f"command:{job_type}"
+        data = (
+            payload
+            if isinstance(payload, dict)
+            else ({} if payload is None else {"value": payload})
+        )
+        plugin_step = uses.startswith("plugin:")
+        spec, problems = validate_spec(
+            {
+                "name": f"job {job_type}",
+                "version": "1.0.0",
+                "on": {"manual": True},
+                "priority": _priority_name(priority),
+                "jobs": {
+                    "main": {
+                        "steps": [
+                            {"id": "execute", "uses": uses, "with": {} if plugin_step else data}
+                        ]
+                    }
+                },
+            }
+        )
+        if spec is None:
+            first = problems[0]
+            raise KbError(
+                "VALIDATION_ERROR", f"type {job_type!r}: {first['message']}", 400, details=problems
+            )
+        return await self.create_run(
+            f"job:{job_type}",
+            inputs=data if plugin_step else {},
+            trigger=trigger,
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            spec=spec,
+        )
 
     async def _cancel_group(self, conn: Any, tenant_id: str, group: str) -> None:
         active = (
@@ -449,3 +517,12 @@ class WorkflowEngine:
                 await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
             ).all()
         return {"runs": dict(by_run), "jobs": dict(by_job)}
+
+
+def _priority_name(priority: int | None) -> str:
+    """The jobs API's 1 (highest) … 10 as the spec's high / normal / low."""
+    if priority is None:
+        return "normal"
+    if not 1 <= priority <= 10:
+        raise KbError("VALIDATION_ERROR", "Priority must be between 1 and 10", 400)
+    return "high" if priority <= 3 else "normal" if priority <= 7 else "low"

@@ -124,6 +124,7 @@ async def list_runs(
     *,
     tenant_id: str | None,
     workflow_id: str | None = None,
+    workflow_prefix: str | None = None,
     status: str | None = None,
     limit: int = 50,
     offset: int = 0,
@@ -133,6 +134,8 @@ async def list_runs(
         where.append(runs.c.tenant_id == tenant_id)
     if workflow_id:
         where.append(runs.c.workflow_id == workflow_id)
+    if workflow_prefix:
+        where.append(runs.c.workflow_id.startswith(workflow_prefix, autoescape=True))
     if status:
         where.append(runs.c.status.in_(status.split(",")))
     total = (await conn.execute(select(func.count()).select_from(runs).where(*where))).scalar_one()

@@ -157,7 +157,8 @@ async def _run_handler(call: StepCall, plugin: Any, handler: str, permissions: A
 async def plugin(call: StepCall) -> StepOutcome:
     uses = call.spec.uses
     found = _plugin(call, uses.plugin_id or "")
-    handlers = found.manifest.workflows.handlers if found.manifest.workflows else []
+    handlers = list(found.manifest.workflows.handlers if found.manifest.workflows else [])
+    handlers += found.manifest.jobs.handlers if found.manifest.jobs else []  # cron jobs
     spec = next((h for h in handlers if h.id == uses.handler_id), None)
     if spec is None:
         raise StepFailed(

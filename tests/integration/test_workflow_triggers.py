@@ -1,0 +1,185 @@
+"""Cron schedules, broker jobs and signed hooks start runs (in-process app)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from kblabs.app import create_app
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+NIGHTLY = """
+name: Nightly
+version: 1
+on:
+  schedule:
+    cron: "0 3 * * *"
+jobs:
+  main:
+    steps:
+      - run: echo nightly
+"""
+
+HOOKED = """
+name: Hooked
+version: 1
+on:
+  webhook:
+    secret: HOOK_SECRET
+    headers:
+      X-Event: push
+inputs:
+  ref:
+    type: string
+    default: main
+jobs:
+  main:
+    steps:
+      - run: echo "ref=${{ inputs.ref }} by ${{ trigger.payload.pusher }}"
+"""
+
+
+def write_workflow(project: Path, name: str, text: str) -> None:
+    folder = project / ".kb" / "workflows"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yml").write_text(text)
+
+
+async def finished(client, auth, run_id: str, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = (await client.get(f"/api/v1/runs/{run_id}", headers=auth)).json()["data"]["run"]
+        if run["status"] not in ("queued", "running"):
+            return run
+        assert time.monotonic() < deadline, f"run still {run['status']}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def app(project, monkeypatch):
+    import httpx
+
+    monkeypatch.setenv("HOOK_SECRET", "s3cret")
+    write_workflow(project, "nightly", NIGHTLY)
+    write_workflow(project, "hooked", HOOKED)
+    settings = make_settings(project)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            token = (settings.data_dir / "admin.token").read_text().strip()
+            yield client, {"Authorization": f"Bearer {token}"}, application
+
+
+async def test_a_workflow_schedule_is_listed_led_and_fired_once_per_minute(app):
+    client, auth, application = app
+    scheduler = application.state.runtime.workflows.scheduler
+    crons = (await client.get("/api/v1/crons", headers=auth)).json()["data"]["crons"]
+    (nightly,) = [c for c in crons if c["id"] == "workflow:nightly"]
+    assert nightly["schedule"] == "0 3 * * *" and nightly["source"] == "workflow"
+    deadline = time.monotonic() + 10
+    while not scheduler.leading or not nightly["nextRun"]:
+        assert time.monotonic() < deadline, "the scheduler did not take the lease"
+        await asyncio.sleep(0.2)
+        crons = (await client.get("/api/v1/crons", headers=auth)).json()["data"]["crons"]
+        nightly = next(c for c in crons if c["id"] == "workflow:nightly")
+    assert "T03:00:00" in nightly["nextRun"]
+
+    # the same fire minute twice (two leaders overlapping) starts one run
+    from kblabs.workflow.journal import now
+
+    minute = now().replace(second=0, microsecond=0)
+    first = await scheduler.fire("workflow:nightly", minute)
+    second = await scheduler.fire("workflow:nightly", minute)
+    assert first == second
+    run = await finished(client, auth, first)
+    assert run["status"] == "success" and run["trigger"]["type"] == "schedule"
+
+
+async def test_crons_api_create_trigger_pause_resume_delete(app):
+    client, auth, _ = app
+    body = {
+        "id": "hourly-echo",
+        "schedule": "0 * * * *",
+        "jobType": "builtin:noop",
+        "payload": {"x": 1},
+    }
+    created = await client.post("/api/v1/crons", json=body, headers=auth)
+    assert created.status_code == 201 and created.json()["data"]["source"] == "api"
+    again = await client.post("/api/v1/crons", json=body, headers=auth)
+    assert again.status_code == 409
+    bad = await client.post(
+        "/api/v1/crons", json={**body, "id": "x", "schedule": "61 * * * *"}, headers=auth
+    )
+    assert bad.status_code == 400 and "61" in bad.json()["error"]["message"]
+    missing = await client.post("/api/v1/crons", json={"id": "y"}, headers=auth)
+    assert missing.json()["error"]["message"] == "Missing required fields: schedule, jobType"
+
+    fired = await client.post("/api/v1/crons/hourly-echo/trigger", headers=auth)
+    run = await finished(client, auth, fired.json()["data"]["runId"])
+    assert run["status"] == "success" and run["jobs"][0]["steps"][0]["outputs"] == {"x": 1}
+
+    paused = await client.post("/api/v1/crons/hourly-echo/pause", headers=auth)
+    assert paused.json()["data"]["enabled"] is False
+    listed = (await client.get("/api/v1/crons/hourly-echo", headers=auth)).json()["data"]
+    assert listed["enabled"] is False and listed["lastRunId"] == run["id"]
+    await client.post("/api/v1/crons/hourly-echo/resume", headers=auth)
+    assert (await client.delete("/api/v1/crons/hourly-echo", headers=auth)).status_code == 200
+    gone = await client.post("/api/v1/crons/hourly-echo/trigger", headers=auth)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "CRON_NOT_FOUND"
+    declared = await client.delete("/api/v1/crons/workflow:nightly", headers=auth)
+    assert declared.status_code == 409
+
+
+async def test_broker_jobs_run_one_step(app):
+    client, auth, _ = app
+    made = await client.post(
+        "/api/v1/jobs",
+        json={"type": "builtin:noop", "payload": {"a": 1}, "priority": 2},
+        headers=auth,
+    )
+    assert made.status_code == 201
+    job_id = made.json()["data"]["jobId"]
+    run = await finished(client, auth, job_id)
+    assert run["status"] == "success" and run["workflowId"] == "job:builtin:noop"
+    listed = (await client.get("/api/v1/jobs", headers=auth)).json()["data"]
+    assert [j["id"] for j in listed["jobs"]] == [job_id]
+    assert (await client.get(f"/api/v1/jobs/{job_id}", headers=auth)).json()["data"]["id"] == job_id
+    bad = await client.post("/api/v1/jobs", json={"type": "x", "priority": 11}, headers=auth)
+    assert bad.status_code == 400 and "between 1 and 10" in bad.json()["error"]["message"]
+    none = await client.post("/api/v1/jobs", json={}, headers=auth)
+    assert none.json()["error"]["message"] == "Missing required field: type"
+
+
+def signed(body: bytes, secret: str = "s3cret") -> dict[str, str]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"X-KB-Signature": f"sha256={digest}", "X-Event": "push", "X-KB-Delivery": "d-1"}
+
+
+async def test_a_signed_hook_starts_the_workflow_once_per_delivery(app):
+    client, auth, _ = app
+    body = json.dumps({"inputs": {"ref": "dev"}, "pusher": "ada"}).encode()
+    first = await client.post("/api/v1/hooks/hooked", content=body, headers=signed(body))
+    assert first.status_code == 202, first.text
+    run_id = first.json()["data"]["runId"]
+    again = await client.post("/api/v1/hooks/hooked", content=body, headers=signed(body))
+    assert again.json()["data"] == {"runId": run_id, "status": "queued", "duplicate": True}
+    run = await finished(client, auth, run_id)
+    assert run["status"] == "success" and run["trigger"]["type"] == "webhook"
+    assert run["jobs"][0]["steps"][0]["outputs"]["stdout"] == "ref=dev by ada"
+
+    forged = await client.post("/api/v1/hooks/hooked", content=body, headers=signed(body, "nope"))
+    assert forged.status_code == 401
+    unknown = await client.post("/api/v1/hooks/nightly", content=body, headers=signed(body))
+    assert unknown.status_code == 401  # no webhook trigger: same answer as a bad signature
+    headers = {**signed(body), "X-Event": "tag"}
+    wrong = await client.post("/api/v1/hooks/hooked", content=body, headers=headers)
+    assert wrong.status_code == 400 and "X-Event" in wrong.json()["error"]["message"]
