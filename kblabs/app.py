@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -164,6 +165,19 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         lifecycle,
         metrics,
     )
+
+
+def worker_components(settings: Settings, *, migrate: bool = True) -> list[Any]:
+    """What `python -m kblabs worker` runs: the workflow engine and what its steps need
+    (store, adapters, state, plugins), without HTTP, auth or the gateway."""
+    store = Store(settings, migrate=migrate)
+    adapters = AdapterRegistry(settings, store)
+    state = StateBroker(settings, Metrics(LoopLagSampler()).registry)
+    plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
+    runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
+    plugins.listeners.append(runner.on_registry_change)
+    workflows = WorkflowEngine(settings, store, plugins=plugins, runner=runner, workers=True)
+    return [DataDir(settings.data_dir), store, adapters, state, plugins, runner, workflows]
 
 
 def routes(settings: Settings) -> list[BaseRoute]:

@@ -18,6 +18,7 @@ from kblabs.cli import (
     serve_cmd,
     status_cmd,
     version_cmd,
+    worker_cmd,
 )
 from kblabs.cli.context import CliContext
 from kblabs.cli.output import Output
@@ -26,6 +27,7 @@ from kblabs.errors import ExitCode
 
 COMMANDS = (
     serve_cmd,
+    worker_cmd,
     status_cmd,
     config_cmd,
     migrate_cmd,

@@ -42,6 +42,7 @@ ENV_OVERRIDES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("KB_RATE_LIMITS_ENABLED",), "rateLimits.enabled"),
     (("KB_EXECUTION_MODE", "EXECUTION_MODE"), "platform.execution.mode"),
     (("KB_WORKFLOW_WORKERS",), "workflow.workers"),
+    (("KB_WORKFLOW_LEASE_SECONDS",), "workflow.leaseSeconds"),
     (("KB_WORKFLOW_MAX_PARALLEL_JOBS", "WORKFLOW_CONCURRENCY"), "workflow.maxParallelJobs"),
     (("KB_WORKFLOW_DEFAULT_RETRIES", "WORKFLOW_DEFAULT_JOB_RETRIES"), "workflow.defaultRetries"),
 )

@@ -164,6 +164,7 @@ class WorkflowSettings(Section):
     default_retries: int = Field(default=0, ge=0, le=20)
     scheduler: bool = True  # may this process lead the cron scheduler
     retention_days: int = Field(default=30, ge=1)  # run events and logs of finished runs
+    lease_seconds: int = Field(default=30, ge=3, le=3600)  # a job's lease; heartbeat at 1/3
 
 
 ExecutionMode = Literal["in-process", "subprocess"]

@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from loguru import logger
@@ -38,7 +39,7 @@ from kblabs.workflow.scheduler import Scheduler
 from kblabs.workflow.spec import WorkflowSpec, validate_spec
 
 IDLE_POLL_S = 0.5
-REAP_EVERY_S = 5.0
+REAP_EVERY_S = 2.0
 ERROR_BACKOFF_S = 2.0
 
 
@@ -64,7 +65,7 @@ class WorkflowEngine:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.catalog = Catalog(settings.project_root, plugins)
         self.journal = Journal(store)
-        self.queue = JobQueue(store, self.owner)
+        self.queue = JobQueue(store, self.owner, timedelta(seconds=self.options.lease_seconds))
         self.scheduler = Scheduler(self)
         self.active: dict[str, JobRun] = {}
         self._wake = asyncio.Event()

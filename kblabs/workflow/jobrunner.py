@@ -91,7 +91,7 @@ class JobRun:
         while True:
             await asyncio.sleep(CANCEL_CHECK_EVERY_S)
             beat += CANCEL_CHECK_EVERY_S
-            if beat >= HEARTBEAT_EVERY_S:
+            if beat >= min(HEARTBEAT_EVERY_S, self.engine.queue.lease.total_seconds() / 3):
                 beat = 0.0
                 if not await self.engine.queue.heartbeat(self.lease):
                     logger.warning("{}: lease lost; stopping this attempt", self.lease.job_id)

@@ -44,9 +44,10 @@ def fenced(lease: Lease) -> Any:
 
 
 class JobQueue:
-    def __init__(self, store: Store, owner: str) -> None:
+    def __init__(self, store: Store, owner: str, lease: timedelta = LEASE) -> None:
         self.store = store
         self.owner = owner
+        self.lease = lease
 
     def _claimable(self, stamp: datetime) -> Any:
         """Queued, due, not cancelled; its job-level group has no running job, and its
@@ -93,7 +94,7 @@ class JobQueue:
                     status="running",
                     lease_owner=self.owner,
                     lease_token=token,
-                    lease_expires_at=stamp + LEASE,
+                    lease_expires_at=stamp + self.lease,
                     attempt=jobs.c.attempt + 1,
                     started_at=candidate.started_at or stamp,
                 )
@@ -115,7 +116,7 @@ class JobQueue:
             result = await conn.execute(
                 update(jobs)
                 .where(fenced(lease), jobs.c.status == "running")
-                .values(lease_expires_at=now() + LEASE)
+                .values(lease_expires_at=now() + self.lease)
             )
         return result.rowcount == 1
 
