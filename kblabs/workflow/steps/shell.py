@@ -90,6 +90,7 @@ async def run_shell(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     result = ShellResult(exit_code=-1, stdout="", stderr="")
     captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -130,6 +131,18 @@ async def run_shell(
     result.stdout = "\n".join(captured["stdout"])
     result.stderr = "\n".join(captured["stderr"])
     return result
+
+
+def _die_with_parent() -> None:
+    """Linux: the command gets SIGKILL if the worker dies (even by SIGKILL), so a killed
+    worker leaves no orphan behind while its job runs again elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
