@@ -132,7 +132,9 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
     plugins.listeners.append(runner.on_registry_change)  # lifecycle onLoad / onUnload
     webhooks = WebhookQueue(store, plugins, runner)
-    workflows = WorkflowEngine(settings, store, plugins=plugins, runner=runner)
+    workflows = WorkflowEngine(
+        settings, store, plugins=plugins, runner=runner, metrics=metrics.registry
+    )
     lifecycle = Lifecycle(
         [
             DataDir(settings.data_dir),

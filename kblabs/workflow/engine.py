@@ -14,16 +14,18 @@ import contextlib
 import os
 import socket
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import func, select, update
+from prometheus_client import CollectorRegistry
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from kblabs.config import Settings
 from kblabs.errors import KbError
 from kblabs.store import Store
+from kblabs.store.tables import run_events, run_logs
 from kblabs.store.tables import workflow_approvals as approvals
 from kblabs.store.tables import workflow_jobs as jobs
 from kblabs.store.tables import workflow_runs as runs
@@ -34,12 +36,14 @@ from kblabs.workflow.expressions import ExpressionError, interpolate
 from kblabs.workflow.inputs import resolve_inputs
 from kblabs.workflow.jobrunner import JobRun, secret_values
 from kblabs.workflow.journal import Journal, add_event, iso, now
+from kblabs.workflow.metrics import WorkflowMetrics
 from kblabs.workflow.queue import JobQueue
 from kblabs.workflow.scheduler import Scheduler
 from kblabs.workflow.spec import WorkflowSpec, validate_spec
 
 IDLE_POLL_S = 0.5
 REAP_EVERY_S = 2.0
+RETENTION_EVERY = timedelta(hours=1)
 ERROR_BACKOFF_S = 2.0
 
 
@@ -54,6 +58,7 @@ class WorkflowEngine:
         plugins: Any = None,  # PluginRegistry
         runner: Any = None,  # PluginRunner
         workers: bool | None = None,
+        metrics: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -67,9 +72,11 @@ class WorkflowEngine:
         self.journal = Journal(store)
         self.queue = JobQueue(store, self.owner, timedelta(seconds=self.options.lease_seconds))
         self.scheduler = Scheduler(self)
+        self.metrics = WorkflowMetrics(self, metrics) if metrics is not None else None
         self.active: dict[str, JobRun] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._retention_at: datetime | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -161,6 +168,9 @@ class WorkflowEngine:
             try:
                 requeued = await self.queue.reap()
                 expired = await self._expire_approvals()
+                if self.metrics is not None:
+                    await self.metrics.refresh()
+                await self._apply_retention()
                 if requeued or expired:
                     logger.info(
                         "workflow reaper: re-queued {}, expired approvals {}", requeued, expired
@@ -168,6 +178,26 @@ class WorkflowEngine:
                     await self.notify()
             except Exception as exc:
                 logger.opt(exception=exc).warning("workflow reaper failed: {}", exc)
+
+    async def _apply_retention(self) -> None:
+        """Once an hour: drop the events and log lines of runs that finished more than
+        `workflow.retentionDays` ago (the runs, jobs and steps themselves are kept)."""
+        stamp = now()
+        if self._retention_at is not None and stamp - self._retention_at < RETENTION_EVERY:
+            return
+        self._retention_at = stamp
+        cutoff = stamp - timedelta(days=self.options.retention_days)
+        old = select(runs.c.id).where(runs.c.finished_at < cutoff).scalar_subquery()
+        async with self.store.write() as conn:
+            events = await conn.execute(delete(run_events).where(run_events.c.run_id.in_(old)))
+            lines = await conn.execute(delete(run_logs).where(run_logs.c.run_id.in_(old)))
+        if events.rowcount or lines.rowcount:
+            logger.info(
+                "workflow retention: removed {} events and {} log lines of runs older than {} days",
+                events.rowcount,
+                lines.rowcount,
+                self.options.retention_days,
+            )
 
     # --- runs ----------------------------------------------------------------------------
 
