@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from kblabs.auth.identity import identity_of, namespace_of
@@ -247,6 +247,33 @@ async def resolve_approval(request: Request) -> JSONResponse:
     )
 
 
+@requires("viewer")
+async def run_artifacts(request: Request) -> JSONResponse:
+    from kblabs.workflow.artifacts import list_for_run
+
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    return ok(
+        request, {"runId": run_id, "artifacts": await list_for_run(_engine(request).store, run_id)}
+    )
+
+
+@requires("viewer")
+async def download_artifact(request: Request) -> FileResponse:
+    import mimetypes
+
+    from kblabs.workflow.artifacts import open_artifact
+
+    run_id = request.path_params["run_id"]
+    await _own_run(request, run_id)
+    engine = _engine(request)
+    path, name = await open_artifact(
+        engine.store, engine.settings.data_dir, run_id, request.path_params["artifact_id"]
+    )
+    media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, filename=name)
+
+
 # --- events (SSE) ----------------------------------------------------------------------------
 
 
@@ -352,5 +379,7 @@ routes = [
     Route("/api/v1/runs/{run_id}/events", run_events, methods=["GET"]),
     Route("/api/v1/runs/{run_id}/approvals", approvals, methods=["GET"]),
     Route("/api/v1/runs/{run_id}/approvals/resolve", resolve_approval, methods=["POST"]),
+    Route("/api/v1/runs/{run_id}/artifacts", run_artifacts, methods=["GET"]),
+    Route("/api/v1/runs/{run_id}/artifacts/{artifact_id}", download_artifact, methods=["GET"]),
     Route("/api/v1/stats", stats, methods=["GET"]),
 ]

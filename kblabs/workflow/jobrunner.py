@@ -268,6 +268,8 @@ class JobRun:
             return outcome
         if outcome.status in ("success", "restart"):
             outputs = self._declared_outputs(spec, outcome.outputs, context)
+            if spec.artifacts:
+                await self._collect_artifacts(row, spec, outputs)
             await self._write_step(
                 row,
                 "step.succeeded",
@@ -348,6 +350,25 @@ class JobRun:
         return index
 
     # --- helpers -------------------------------------------------------------------------
+
+    async def _collect_artifacts(
+        self, row: dict[str, Any], spec: StepSpec, outputs: dict[str, Any]
+    ) -> None:
+        from kblabs.workflow import artifacts
+
+        settings = self.engine.settings
+        missing = await artifacts.collect(
+            self.store,
+            settings.data_dir,
+            run_id=self.lease.run_id,
+            job_id=self.lease.job_id,
+            step_row_id=row["id"],
+            spec=spec,
+            outputs=outputs,
+            cwd=Path(settings.project_root),
+        )
+        for name in missing:
+            self._log_line(None, f"artifact {name!r}: its source was not found", None, row["id"])
 
     def _context(self) -> dict[str, Any]:
         done = {

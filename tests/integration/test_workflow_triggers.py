@@ -183,3 +183,48 @@ async def test_a_signed_hook_starts_the_workflow_once_per_delivery(app):
     headers = {**signed(body), "X-Event": "tag"}
     wrong = await client.post("/api/v1/hooks/hooked", content=body, headers=headers)
     assert wrong.status_code == 400 and "X-Event" in wrong.json()["error"]["message"]
+
+
+ARTIFACTS = """
+name: Report
+version: 1
+on: {manual: true}
+jobs:
+  main:
+    steps:
+      - id: make
+        run: |
+          echo "# Report" > report.md
+          echo '::kb-output::{"summary": {"files": 3}}'
+        artifacts:
+          report.md: {type: markdown, source: report.md, label: Report}
+          summary.json: {type: json, source: outputs.summary, label: Summary}
+          missing.txt: {type: log, source: nothere.txt, label: Missing}
+"""
+
+
+async def test_declared_artifacts_are_stored_listed_and_downloadable(app, project):
+    client, auth, _ = app
+    write_workflow(project, "report", ARTIFACTS)
+    await client.post("/api/v1/workflows/refresh", headers=auth)
+    run_id = (await client.post("/api/v1/workflows/report/runs", headers=auth)).json()["data"][
+        "runId"
+    ]
+    run = await finished(client, auth, run_id)
+    assert run["status"] == "success"
+    listed = (await client.get(f"/api/v1/runs/{run_id}/artifacts", headers=auth)).json()["data"]
+    by_name = {a["name"]: a for a in listed["artifacts"]}
+    assert set(by_name) == {"report.md", "summary.json"}
+    (project / "report.md").unlink()  # the workspace moves on; the artifact stays
+    got = await client.get(
+        f"/api/v1/runs/{run_id}/artifacts/{by_name['report.md']['id']}", headers=auth
+    )
+    assert got.status_code == 200 and got.text == "# Report\n"
+    summary = await client.get(
+        f"/api/v1/runs/{run_id}/artifacts/{by_name['summary.json']['id']}", headers=auth
+    )
+    assert summary.json() == {"files": 3}
+    logs = (await client.get(f"/api/v1/runs/{run_id}/logs", headers=auth)).json()["data"]["logs"]
+    assert any("missing.txt" in line["message"] for line in logs)
+    nothing = await client.get(f"/api/v1/runs/{run_id}/artifacts/nope", headers=auth)
+    assert nothing.status_code == 404
