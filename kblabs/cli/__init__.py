@@ -19,6 +19,7 @@ from kblabs.cli import (
     status_cmd,
     version_cmd,
     worker_cmd,
+    workflow_cmd,
 )
 from kblabs.cli.context import CliContext
 from kblabs.cli.output import Output
@@ -34,6 +35,7 @@ COMMANDS = (
     auth_cmd,
     agent_cmd,
     plugin_cmd,
+    workflow_cmd,
     version_cmd,
 )
 
@@ -118,9 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
 
 
+def _global_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The global flags wherever they appear, and what is left (a plugin command's own
+    words and flags)."""
+    globals_only = argparse.ArgumentParser(add_help=False)
+    add_global_flags(globals_only)
+    try:
+        return globals_only.parse_known_args(argv)
+    except SystemExit:  # a malformed global flag: let the full parser explain it
+        return argparse.Namespace(json=False, config=None, profile=None, log_level=None), argv
+
+
 def _maybe_plugin_command(parser: Parser, argv: list[str], output: Output) -> int | None:
     """A first word that is no built-in command may be a plugin's command."""
-    words = [w for w in argv if not w.startswith("-")]
+    flags, rest = _global_flags(argv)
+    words = [w for w in rest if not w.startswith("-")]
     builtin = {
         name
         for action in parser._actions
@@ -129,16 +143,25 @@ def _maybe_plugin_command(parser: Parser, argv: list[str], output: Output) -> in
     }
     if not words or words[0] in builtin:
         return None
+    from pathlib import Path
+
     from kblabs.cli.plugin_commands import run_plugin_command
     from kblabs.config import load_settings
 
-    quiet_logging(None)
+    quiet_logging(flags.log_level)
+    overrides = {"logging.level": (flags.log_level, "--log-level")} if flags.log_level else None
     try:
-        settings = load_settings()
+        settings = load_settings(
+            config_path=Path(flags.config) if flags.config else None,
+            profile=flags.profile,
+            overrides=overrides,
+        )
     except ConfigError as exc:
         report_config_problems(output, exc)
         return ExitCode.USAGE
-    return run_plugin_command(argv, settings, output)
+    if flags.json:
+        rest = [*rest, "--json"]
+    return run_plugin_command(rest, settings, output)
 
 
 def quiet_logging(level: str | None) -> None:

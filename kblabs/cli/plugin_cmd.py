@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from kblabs.cli import plugin_scaffold
 from kblabs.cli.context import CliContext
 from kblabs.errors import ExitCode
@@ -78,9 +80,8 @@ def _report(ctx: CliContext, problems: list[dict[str, str]], path: Path) -> Exit
     else:
         for problem in problems:
             where = f"{problem['path']}: " if problem["path"] else ""
-            ctx.output.errors.print(
-                f"[red]plugin error:[/red] {path}: {where}{problem['message']}", markup=True
-            )
+            text = escape(f"{path}: {where}{problem['message']}")
+            ctx.output.errors.print(f"[red]plugin error:[/red] {text}", markup=True)
     return ExitCode.USAGE
 
 
@@ -159,10 +160,12 @@ def run_unlink(ctx: CliContext) -> ExitCode:
 def run_list(ctx: CliContext) -> ExitCode:
     from kblabs.marketplace.lockfile import LockFile
     from kblabs.plugins.discovery import discover
+    from kblabs.plugins.registry import importable
 
     settings = ctx.settings()
     lock = LockFile.in_data_dir(settings.data_dir)
     found = discover(lock, settings.project_root)
+    found.plugins = importable(found)  # "loaded" means its handlers import, as in the server
     entries = lock.read()
     loaded = {p.lock_key for p in found.plugins}
     rows = [
@@ -183,7 +186,9 @@ def run_list(ctx: CliContext) -> ExitCode:
             console.print(f"{row['id']:32} {row['version']:10} {row['source']:12} {state}")
         for diagnostic in found.diagnostics:
             if diagnostic.severity == "error":
-                console.print(f"[red]{diagnostic.code}[/red] {diagnostic.message}", markup=True)
+                console.print(
+                    f"[red]{diagnostic.code}[/red] {escape(diagnostic.message)}", markup=True
+                )
 
     ctx.output.result(payload, human)
     return ExitCode.OK

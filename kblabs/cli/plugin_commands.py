@@ -105,15 +105,15 @@ def _console_ui(output) -> Any:
 
     def for_plugin(plugin_id: str):
         def sink(kind: str, payload: dict[str, Any]) -> None:
+            from rich.text import Text
+
             if kind == "json":
                 output.errors.print_json(json.dumps(payload.get("data"), default=str))
             elif kind == "table":
                 for row in payload.get("rows") or []:
-                    output.errors.print("  ".join(f"{k}={v}" for k, v in row.items()))
-            else:
-                style = styles.get(kind)
-                text = payload.get("text", "")
-                output.errors.print(f"[{style}]{text}[/{style}]" if style else text, markup=False)
+                    output.errors.print(Text("  ".join(f"{k}={v}" for k, v in row.items())))
+            else:  # Text: a plugin's message is shown as written, never read as markup
+                output.errors.print(Text(str(payload.get("text", "")), style=styles.get(kind, "")))
 
         return sink
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from loguru import logger
 
-from kblabs.marketplace.lockfile import LockFile
+from kblabs.marketplace.lockfile import LockFile, LockFileError
 from kblabs.plugins.discovery import Diagnostic, Discovered, Discovery, discover
 from kblabs.plugins.handlers import HandlerError, import_handler
 from kblabs.plugins.routes import MountedRoute, mount
@@ -72,10 +72,20 @@ def handler_refs(plugin: Discovered) -> list[tuple[str, str]]:
     ):
         for i, entry in enumerate(getattr(getattr(manifest, section), attr, None) or []):
             refs.append((f"{section}.{attr}[{i}].handler", entry.handler))
+    lifecycle = manifest.lifecycle
+    for hook, key in (
+        ("on_load", "onLoad"),
+        ("on_unload", "onUnload"),
+        ("on_enable", "onEnable"),
+        ("on_disable", "onDisable"),
+    ):
+        ref = getattr(lifecycle, hook, None) if lifecycle else None
+        if ref:
+            refs.append((f"lifecycle.{key}", ref))
     return refs
 
 
-def _importable(found: Discovery) -> list[Discovered]:
+def importable(found: Discovery) -> list[Discovered]:
     """Plugins whose every handler imports; the others become diagnostics."""
     loaded = []
     for plugin in found.plugins:
@@ -159,7 +169,7 @@ class PluginRegistry:
             stamp = self._stamp()
             found = await asyncio.to_thread(discover, self.lock, self.project_root)
             reloaded = await asyncio.to_thread(self._reload_changed_code, found)
-            found.plugins = await asyncio.to_thread(_importable, found)
+            found.plugins = await asyncio.to_thread(importable, found)
             table, conflicts = mount(found.plugins)
             diagnostics = list(found.diagnostics) + [
                 Diagnostic("ENTITY_CONFLICT", "error", c.split(":", 1)[0], c) for c in conflicts
@@ -192,16 +202,24 @@ class PluginRegistry:
 
     def _reload_changed_code(self, found: Discovery) -> list[str]:
         """Forget the imported modules of linked plugins whose code changed, so their
-        handlers are imported afresh; returns those plugins' ids."""
+        handlers are imported afresh; returns those plugins' ids. Every linked folder
+        is watched, also one that failed to load (fixing it reloads it)."""
+        try:
+            entries = self.lock.read()
+        except LockFileError:
+            entries = {}
         stamps, reloaded = {}, []
-        for plugin in found.plugins:
-            if plugin.source != "local":
+        for key, entry in entries.items():
+            if entry.source != "local":
                 continue
-            stamps[plugin.root] = code_stamp(plugin.root)
-            known = self._code_stamps.get(plugin.root)
-            if known is not None and known != stamps[plugin.root]:
-                forget_modules(plugin.root)
-                reloaded.append(plugin.id)
+            root = (self.project_root / entry.resolved_path).resolve()
+            if not root.is_dir():
+                continue
+            stamps[root] = code_stamp(root)
+            known = self._code_stamps.get(root)
+            if known is not None and known != stamps[root]:
+                forget_modules(root)
+                reloaded.append(key)
         self._code_stamps = stamps
         return reloaded
 

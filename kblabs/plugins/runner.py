@@ -207,12 +207,12 @@ class PluginRunner:
         return await self.run(
             plugin,
             Call(
-                host=parent.host if parent else "workflow",
+                host="workflow",  # an invoked handler is a workflow handler, whoever calls
                 handler_ref=spec.handler,
                 input=input,
                 permissions=spec.permissions,
                 timeout_ms=timeout_ms,
-                host_context=parent.host_context if parent else {},
+                host_context={"invokedBy": parent.host} if parent else {},
                 request_id=parent.request_id if parent else "",
                 trace_id=parent.trace_id if parent else "",
                 tenant_id=parent.tenant_id if parent else "default",

@@ -161,7 +161,7 @@ def test_invoke_outside_the_allowlist_is_refused(sandbox, plugin_id):
     denied(call(sandbox, plugin_id, "POST", "/invoke", json=body), "invoke")
     allowed = {"target": f"{SUBPROCESS}/double", "input": {"n": 21}}
     result = call(sandbox, plugin_id, "POST", "/invoke", json=allowed).json()["data"]["result"]
-    assert result == {"doubled": 42, "host": "rest"}
+    assert result == {"doubled": 42, "host": "workflow"}  # invoked handlers are workflow handlers
 
 
 def test_a_route_only_handler_refuses_another_host(sandbox):

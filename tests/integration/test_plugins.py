@@ -178,7 +178,34 @@ def test_broken_plugins_are_reported_and_do_not_stop_the_others(live_server_fact
     assert ready["components"]["plugins"]["status"] == "degraded"
     assert "2 plugin(s) failed" in ready["components"]["plugins"]["message"]
     assert httpx.get(server.url + GREET, headers=server.auth).status_code == 200
+
+    # fixing the broken module is enough: the watcher reloads it, no refresh, no restart
+    (raising / "kb_raising" / "handlers.py").write_text("def x(ctx, input):\n    return 'fixed'\n")
+    fixed = poll(
+        lambda: (
+            httpx.get(
+                f"{server.url}/api/v1/plugins/%40kb%2Fraising/x", headers=server.auth
+            ).status_code
+            == 200
+        )
+    )
+    assert fixed, "a fixed linked plugin should load without a refresh"
     assert server.stop() == 0
+
+
+def test_global_flags_work_around_plugin_commands(project):
+    folder = copy_example(project)
+    env = base_env(project)
+    assert run_cli("plugin", "link", str(folder), project=project, env=env).returncode == 0
+    for argv in (
+        ("--log-level", "error", "hello", "greet", "--name", "x", "--json"),
+        ("hello", "greet", "--json", "--log-level", "error", "--name", "x"),
+        ("--json", "--config", str(project / "kb.config.json"), "hello", "greet", "-n", "x"),
+    ):
+        (project / "kb.config.json").write_text("{}")
+        result = run_cli(*argv, project=project, env=env)
+        assert result.returncode == 0, (argv, result.stderr)
+        assert json.loads(result.stdout)["result"] == "hello x"
 
 
 def test_plugin_validate_reports_paths(project):
