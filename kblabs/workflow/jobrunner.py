@@ -194,6 +194,7 @@ class JobRun:
         await self.engine.notify()
 
     async def _fail(self, error: dict[str, Any], retryable: bool) -> None:
+        error = self._masked(error)  # it lands in job/run rows and in events
         policy = self.job.retry_policy(self.engine.default_retries)
         failures = self.job_row["failures"]
         async with self.store.write() as conn:
@@ -285,7 +286,7 @@ class JobRun:
         await self._write_step(
             row,
             "step.failed",
-            {"error": outcome.error},
+            {"error": self._masked(outcome.error)},
             status="failed",
             error=outcome.error,
             outputs=outcome.outputs or None,

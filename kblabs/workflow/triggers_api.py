@@ -161,6 +161,37 @@ async def get_job(request: Request) -> JSONResponse:
     return ok(request, run)
 
 
+@requires("viewer")
+async def job_steps(request: Request) -> JSONResponse:
+    """Every step of a broker job, flat, with its job's id and name."""
+    run_id = request.path_params["job_id"]
+    async with _engine(request).store.engine.connect() as conn:
+        run = await describe_run(conn, run_id)
+    if run is None or run["tenantId"] != namespace_of(request.scope):
+        raise KbError("JOB_NOT_FOUND", f"Job not found: {run_id}", 404)
+    flat = [
+        {**step, "jobId": job["id"], "jobName": job["jobName"]}
+        for job in run["jobs"]
+        for step in job["steps"]
+    ]
+    return ok(request, {"jobId": run_id, "steps": flat})
+
+
+@requires("viewer")
+async def job_logs(request: Request) -> JSONResponse:
+    run_id = request.path_params["job_id"]
+    row = await _engine(request).get_run_row(run_id)
+    if row["tenant_id"] != namespace_of(request.scope):
+        raise KbError("JOB_NOT_FOUND", f"Job not found: {run_id}", 404)
+    lines = await _engine(request).journal.logs(
+        run_id,
+        level=request.query_params.get("level"),
+        limit=max(1, min(int(request.query_params.get("limit") or 100), 1000)),
+        offset=max(0, int(request.query_params.get("offset") or 0)),
+    )
+    return ok(request, {"jobId": run_id, "logs": lines})
+
+
 @requires("operator")
 async def cancel_job(request: Request) -> JSONResponse:
     run_id = request.path_params["job_id"]
@@ -224,6 +255,8 @@ routes = [
     Route("/api/v1/jobs", list_jobs, methods=["GET"]),
     Route("/api/v1/jobs", create_job, methods=["POST"]),
     Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+    Route("/api/v1/jobs/{job_id}/steps", job_steps, methods=["GET"]),
+    Route("/api/v1/jobs/{job_id}/logs", job_logs, methods=["GET"]),
     Route("/api/v1/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/api/v1/hooks/{workflow_id:path}", hook, methods=["POST"]),
 ]

@@ -153,6 +153,14 @@ async def test_broker_jobs_run_one_step(app):
     listed = (await client.get("/api/v1/jobs", headers=auth)).json()["data"]
     assert [j["id"] for j in listed["jobs"]] == [job_id]
     assert (await client.get(f"/api/v1/jobs/{job_id}", headers=auth)).json()["data"]["id"] == job_id
+    steps = (await client.get(f"/api/v1/jobs/{job_id}/steps", headers=auth)).json()["data"]
+    assert [(s["jobName"], s["stepId"], s["status"]) for s in steps["steps"]] == [
+        ("main", "execute", "success")
+    ]
+    logs = await client.get(f"/api/v1/jobs/{job_id}/logs", headers=auth)
+    assert logs.json()["data"]["logs"] == []
+    unknown = await client.get("/api/v1/jobs/nope/steps", headers=auth)
+    assert unknown.status_code == 404
     bad = await client.post("/api/v1/jobs", json={"type": "x", "priority": 11}, headers=auth)
     assert bad.status_code == 400 and "between 1 and 10" in bad.json()["error"]["message"]
     none = await client.post("/api/v1/jobs", json={}, headers=auth)
@@ -228,3 +236,81 @@ async def test_declared_artifacts_are_stored_listed_and_downloadable(app, projec
     assert any("missing.txt" in line["message"] for line in logs)
     nothing = await client.get(f"/api/v1/runs/{run_id}/artifacts/nope", headers=auth)
     assert nothing.status_code == 404
+
+
+GROUPED = """
+name: Deploy
+version: 1
+on: {manual: true}
+inputs:
+  env: {type: string, default: prod}
+  wait: {type: number, default: 1}
+  replace: {type: boolean, default: false}
+concurrency:
+  group: deploy-${{ inputs.env }}
+jobs:
+  main:
+    steps:
+      - run: sleep ${{ inputs.wait }}
+"""
+
+
+async def status_of(client, auth, run_id: str) -> str:
+    return (await client.get(f"/api/v1/runs/{run_id}", headers=auth)).json()["data"]["run"][
+        "status"
+    ]
+
+
+async def test_one_run_per_concurrency_group_at_a_time(app, project):
+    client, auth, _ = app
+    write_workflow(project, "deploy", GROUPED)
+    await client.post("/api/v1/workflows/refresh", headers=auth)
+
+    async def start(**inputs) -> str:
+        answer = await client.post(
+            "/api/v1/workflows/deploy/runs", json={"inputs": inputs}, headers=auth
+        )
+        return answer.json()["data"]["runId"]
+
+    first = await start(wait=1)
+    deadline = time.monotonic() + 10
+    while await status_of(client, auth, first) != "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    second = await start(wait=0)
+    other_group = await start(env="staging", wait=0)
+    assert (await finished(client, auth, other_group))["status"] == "success"
+    assert await status_of(client, auth, second) == "queued"  # waits for the group
+    assert (await finished(client, auth, first))["status"] == "success"
+    assert (await finished(client, auth, second))["status"] == "success"
+
+
+async def test_cancel_in_progress_replaces_the_running_run(app, project):
+    client, auth, _ = app
+    write_workflow(
+        project,
+        "deploy",
+        GROUPED.replace(
+            "deploy-${{ inputs.env }}", "deploy-${{ inputs.env }}\n  cancelInProgress: true"
+        ),
+    )
+    await client.post("/api/v1/workflows/refresh", headers=auth)
+    first = (
+        await client.post(
+            "/api/v1/workflows/deploy/runs", json={"inputs": {"wait": 30}}, headers=auth
+        )
+    ).json()["data"]["runId"]
+    deadline = time.monotonic() + 10
+    while await status_of(client, auth, first) != "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    second = (
+        await client.post(
+            "/api/v1/workflows/deploy/runs", json={"inputs": {"wait": 0}}, headers=auth
+        )
+    ).json()["data"]["runId"]
+    run = await finished(client, auth, first)
+    assert run["status"] == "cancelled" and "superseded" in run["error"]["message"]
+    assert (await finished(client, auth, second))["status"] == "success"
+    assert time.monotonic() - started < 5  # the 30 s sleep was killed, not waited for
