@@ -33,6 +33,8 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /api/v1/crons[/{id}[/…]]           cron schedules: trigger, pause, resume  bearer (operator)
     /api/v1/jobs[/{id}[/cancel]]       one-step broker jobs                    bearer (operator)
     /api/v1/hooks/{workflowId}         signed webhook starts a workflow        HMAC signature
+    /api/v1/marketplace/…              install, update, enable, link, sync,    bearer (admin
+                                       doctor (kb.marketplace/2 lock)          for writes)
     /api/… (anything else)             plugin-declared routes (catch-all, last) bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
@@ -76,7 +78,9 @@ from kblabs.http.middleware import (
 )
 from kblabs.http.openapi import docs, openapi_json
 from kblabs.lifecycle import Lifecycle
+from kblabs.marketplace import api as marketplace_api
 from kblabs.marketplace.lockfile import LockFile
+from kblabs.marketplace.service import Marketplace
 from kblabs.observability import debug, endpoints
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
@@ -135,6 +139,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     workflows = WorkflowEngine(
         settings, store, plugins=plugins, runner=runner, metrics=metrics.registry
     )
+    marketplace = Marketplace(settings, plugins)
     lifecycle = Lifecycle(
         [
             DataDir(settings.data_dir),
@@ -163,6 +168,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         workflows,
         hub,
         Executions(),
+        marketplace,
         loop_lag,
         lifecycle,
         metrics,
@@ -201,6 +207,7 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *webhook_api.routes,
         *workflow_api.routes,
         *triggers_api.routes,
+        *marketplace_api.routes,
         *platform_info.routes,
         *studio_api.routes,
     ]

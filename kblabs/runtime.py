@@ -14,6 +14,7 @@ from kblabs.config import Settings
 from kblabs.gateway.execute import Executions
 from kblabs.gateway.hub import HostHub
 from kblabs.lifecycle import Lifecycle
+from kblabs.marketplace.service import Marketplace
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import Metrics
 from kblabs.observability.operations import OperationStats
@@ -39,6 +40,7 @@ class Runtime:
     workflows: WorkflowEngine
     hub: HostHub
     executions: Executions
+    marketplace: Marketplace
     loop_lag: LoopLagSampler
     lifecycle: Lifecycle
     metrics: Metrics

@@ -106,33 +106,21 @@ def run_validate(ctx: CliContext) -> ExitCode:
 
 
 def run_link(ctx: CliContext) -> ExitCode:
-    from kblabs.marketplace.lockfile import LockEntry, LockFile
-    from kblabs.plugins.discovery import integrity_of
+    import asyncio
+
+    from kblabs.errors import KbError
+    from kblabs.marketplace.service import Marketplace
 
     settings = ctx.settings()
     path = Path(ctx.args.path).resolve()
     manifest, problems = _check_folder(path)
     if manifest is None:
         return _report(ctx, problems, path)
-    root = settings.project_root.resolve()
-    if not path.is_relative_to(root):
-        ctx.output.failure(
-            f"{path} is outside the project root {root}; plugins are linked "
-            "from inside the project",
-            code="LINK_OUTSIDE_ROOT",
-        )
+    try:
+        asyncio.run(Marketplace(settings).link(path))
+    except KbError as exc:
+        ctx.output.failure(exc.message, code=exc.code)
         return ExitCode.USAGE
-    lock = LockFile.in_data_dir(settings.data_dir)
-    with lock.update() as entries:
-        previous = entries.get(manifest.id)
-        entries[manifest.id] = LockEntry(
-            version=manifest.version,
-            integrity=integrity_of(path),
-            resolved_path="./" + path.relative_to(root).as_posix(),
-            source="local",
-            provides=["plugin", *manifest.provides()],
-            enabled=previous.enabled if previous else True,
-        )
     ctx.output.result(
         {"ok": True, "id": manifest.id, "path": str(path)},
         lambda c: c.print(
@@ -143,11 +131,17 @@ def run_link(ctx: CliContext) -> ExitCode:
 
 
 def run_unlink(ctx: CliContext) -> ExitCode:
-    from kblabs.marketplace.lockfile import LockFile
+    import asyncio
+
+    from kblabs.errors import KbError
+    from kblabs.marketplace.service import Marketplace
 
     settings = ctx.settings()
-    with LockFile.in_data_dir(settings.data_dir).update() as entries:
-        removed = entries.pop(ctx.args.plugin_id, None) is not None
+    try:
+        removed = asyncio.run(Marketplace(settings).unlink(ctx.args.plugin_id))
+    except KbError as exc:
+        ctx.output.failure(exc.message, code=exc.code)
+        return ExitCode.FAILURE
     ctx.output.result(
         {"ok": True, "id": ctx.args.plugin_id, "removed": removed},
         lambda c: c.print(

@@ -65,6 +65,7 @@ class InstalledPlugin:
 
     package_dir: Path  # holds kb.plugin.json
     integrity: str  # sha256 of the distribution's METADATA
+    distribution: str = ""  # its name, as the package index knows it
 
 
 def installed_plugins(root: Path) -> list[InstalledPlugin]:
@@ -79,7 +80,8 @@ def installed_plugins(root: Path) -> list[InstalledPlugin]:
             if inside and (package_dir / MANIFEST_FILE).is_file():
                 metadata = (dist.read_text("METADATA") or "").encode()
                 digest = base64.b64encode(hashlib.sha256(metadata).digest()).decode()
-                found.append(InstalledPlugin(package_dir, f"sha256-{digest}"))
+                name = dist.metadata["Name"] or ""
+                found.append(InstalledPlugin(package_dir, f"sha256-{digest}", name))
     return found
 
 
@@ -127,6 +129,8 @@ def discover(lock: LockFile, project_root: Path) -> Discovery:
 def _load_entry(
     key: str, entry: LockEntry, project_root: Path, diagnostics: list[Diagnostic]
 ) -> Discovered | None:
+    if entry.primary_kind == "adapter":
+        return None  # adapters are loaded by the platform, not as plugins
     if not entry.enabled:
         diagnostics.append(Diagnostic("PLUGIN_DISABLED", "info", key, f"{key} is disabled"))
         return None

@@ -81,21 +81,23 @@ async def refresh(request: Request) -> JSONResponse:
 
 
 async def _switch(request: Request, enabled: bool) -> JSONResponse:
+    """Through the marketplace (the lock's only writer), with the lifecycle hooks."""
     body = await json_body(request, PluginIdBody)
+    runtime = request.app.state.runtime
     registry = _registry(request)
-    runner = request.app.state.runtime.runner
     loaded = next((p for p in registry.plugins if p.id == body.plugin_id), None)
     if not enabled and loaded is not None:
-        await runner.lifecycle(loaded, "on_disable")
-    with registry.lock.update() as entries:
-        if body.plugin_id not in entries:
-            raise KbError("PLUGIN_NOT_FOUND", f"{body.plugin_id} is not installed or linked", 404)
-        entries[body.plugin_id].enabled = enabled
-    change = await registry.refresh()
+        await runtime.runner.lifecycle(loaded, "on_disable")
+    try:
+        await runtime.marketplace.set_enabled(body.plugin_id, enabled)
+    except KbError as exc:
+        if exc.code == "PACKAGE_NOT_FOUND":
+            raise KbError("PLUGIN_NOT_FOUND", exc.message, 404) from None
+        raise
     now_loaded = next((p for p in registry.plugins if p.id == body.plugin_id), None)
     if enabled and loaded is None and now_loaded is not None:
-        await runner.lifecycle(now_loaded, "on_enable")
-    return ok(request, {"id": body.plugin_id, "enabled": enabled, "rev": change["revision"]})
+        await runtime.runner.lifecycle(now_loaded, "on_enable")
+    return ok(request, {"id": body.plugin_id, "enabled": enabled, "rev": registry.revision})
 
 
 @requires("admin")
