@@ -13,6 +13,7 @@ from kblabs.cli import (
     agent_cmd,
     auth_cmd,
     config_cmd,
+    marketplace_cmd,
     migrate_cmd,
     plugin_cmd,
     serve_cmd,
@@ -35,6 +36,7 @@ COMMANDS = (
     auth_cmd,
     agent_cmd,
     plugin_cmd,
+    marketplace_cmd,
     workflow_cmd,
     version_cmd,
 )
