@@ -279,57 +279,92 @@ async def download_artifact(request: Request) -> FileResponse:
 
 @requires("viewer")
 async def run_events(request: Request) -> StreamingResponse:
-    """Server-sent events: a `run.snapshot` first, then every event as it happens, each
-    with `id: <seq>`; reconnect with `Last-Event-ID` to resume without gaps. The stream
-    ends after the run's terminal event."""
+    """Server-sent events: a `run.snapshot` first, then every event and log line
+    (`log.appended`) as it happens. Each frame's `id:` is `<event seq>.<log seq>`;
+    reconnect with `Last-Event-ID` to resume without gaps. The stream ends after the
+    run's terminal event."""
     run_id = request.path_params["run_id"]
     await _own_run(request, run_id)
     raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
-    try:
-        after = int(raw) if raw else None
-    except ValueError:
-        raise KbError(
-            "VALIDATION_ERROR", "Last-Event-ID must be an event sequence number", 400
-        ) from None
     return StreamingResponse(
-        _stream(_engine(request), run_id, after),
+        _stream(_engine(request), run_id, _cursor(raw)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
     )
 
 
-def _frame(seq: int | None, data: dict[str, Any]) -> bytes:
-    head = f"id: {seq}\n" if seq is not None else ""
-    return f"{head}event: workflow.event\ndata: {json.dumps(data, default=str)}\n\n".encode()
+def _cursor(raw: str | None) -> tuple[int, int] | None:
+    """`Last-Event-ID` as (event seq, log seq); a bare number is an event seq."""
+    if not raw:
+        return None
+    try:
+        events, _, logs = raw.partition(".")
+        return int(events), int(logs or 0)
+    except ValueError:
+        raise KbError(
+            "VALIDATION_ERROR", "Last-Event-ID must be <event seq>[.<log seq>]", 400
+        ) from None
 
 
-async def _stream(engine: WorkflowEngine, run_id: str, after: int | None) -> AsyncIterator[bytes]:
+def _frame(cursor: tuple[int, int], data: dict[str, Any]) -> bytes:
+    body = json.dumps(data, default=str)
+    return f"id: {cursor[0]}.{cursor[1]}\nevent: workflow.event\ndata: {body}\n\n".encode()
+
+
+def _log_event(run_id: str, line: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "log.appended",
+        "runId": run_id,
+        "jobId": line["jobId"],
+        "stepId": line["stepId"],
+        "payload": {k: line[k] for k in ("level", "message", "stream", "lineNo", "timestamp")},
+        "timestamp": line["timestamp"],
+    }
+
+
+async def _stream(
+    engine: WorkflowEngine, run_id: str, cursor: tuple[int, int] | None
+) -> AsyncIterator[bytes]:
     yield b": connected\n\n"
-    if after is None:  # a fresh subscriber: the whole run first, then what follows
-        backlog = await engine.journal.events(run_id, 0, limit=1_000_000)
-        after = backlog[-1]["seq"] if backlog else 0
+    journal = engine.journal
+    if cursor is None:  # a fresh subscriber: the whole run first, then what follows
+        events = await journal.events(run_id, 0, limit=1_000_000)
+        cursor = (events[-1]["seq"] if events else 0, await journal.last_log_seq(run_id))
         async with engine.store.engine.connect() as conn:
             snapshot = await describe_run(conn, run_id)
-        yield _frame(after, {"type": "run.snapshot", "runId": run_id, "payload": snapshot})
+        yield _frame(cursor, {"type": "run.snapshot", "runId": run_id, "payload": snapshot})
         if snapshot and snapshot["status"] in TERMINAL_RUN:
             return
-    idle = 0.0
+    idle, finished = 0.0, False
     while True:
-        batch = await engine.journal.events(run_id, after)
-        for event in batch:
-            after = event["seq"]
-            yield _frame(after, event)
-            if event["type"] in TERMINAL_EVENTS:
-                return
-        if batch:
+        lines = await journal.logs(run_id, after=cursor[1], limit=500)
+        events = [] if finished else await journal.events(run_id, cursor[0])
+        # one stream in time order: log lines and events interleaved as they happened
+        merged = sorted(
+            [(line["timestamp"], 1, line) for line in lines]
+            + [(event["timestamp"], 0, event) for event in events],
+            key=lambda item: (item[0], item[1]),
+        )
+        for _, is_log, item in merged:
+            if is_log:
+                cursor = (cursor[0], item["seq"])
+                yield _frame(cursor, _log_event(run_id, item))
+                continue
+            cursor = (item["seq"], cursor[1])
+            yield _frame(cursor, item)
+            if item["type"] in TERMINAL_EVENTS:
+                finished = True  # the last log lines, if any, then the end
+        if finished and not lines:
+            return
+        if lines or events:
             idle = 0.0
             continue
         if idle >= KEEPALIVE_S:
             idle = 0.0
             yield b": keep-alive\n\n"
-        async with engine.journal.changed:
+        async with journal.changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(engine.journal.changed.wait(), SSE_POLL_S)
+                await asyncio.wait_for(journal.changed.wait(), SSE_POLL_S)
         idle += SSE_POLL_S
 
 

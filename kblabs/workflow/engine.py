@@ -127,6 +127,7 @@ class WorkflowEngine:
 
     async def _work(self) -> None:
         while True:
+            self._wake.clear()  # before the claim: work made during it wakes us again
             try:
                 lease = await self.queue.claim()
             except Exception as exc:  # the store may be briefly busy: never stop working
@@ -134,7 +135,6 @@ class WorkflowEngine:
                 await asyncio.sleep(ERROR_BACKOFF_S)
                 continue
             if lease is None:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
                 continue
@@ -389,7 +389,8 @@ class WorkflowEngine:
         async with self.store.engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    select(approvals)
+                    select(approvals, steps.c.name.label("step_name"))
+                    .join(steps, steps.c.id == approvals.c.step_row_id)
                     .where(approvals.c.run_id == run_id, approvals.c.status == "pending")
                     .order_by(approvals.c.created_at)
                 )
@@ -397,7 +398,10 @@ class WorkflowEngine:
             return [
                 {
                     "jobId": row["job_id"],
+                    "jobName": row["job_id"].split(":", 1)[1],
                     "stepId": row["step_id"],
+                    "specId": row["step_id"],
+                    "stepName": row["step_name"],
                     "title": row["title"],
                     "instructions": row["instructions"],
                     "context": row["context"],

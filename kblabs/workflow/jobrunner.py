@@ -153,7 +153,12 @@ class JobRun:
     async def _run(self) -> None:
         await self._load()
         context = self._context()
-        if self.job.if_ is not None and not self._condition(self.job.if_, context):
+        try:
+            runs_at_all = self.job.if_ is None or self._condition(self.job.if_, context)
+        except StepFailed as exc:
+            await self._fail(exc.to_error(), retryable=False)
+            return
+        if not runs_at_all:
             async with self.store.write() as conn:
                 await transitions.finish_job(
                     conn, self.lease, "skipped", skip_reason=f"if: {self.job.if_}"
@@ -189,11 +194,13 @@ class JobRun:
             await self._fail(failure, failure.get("code") not in NOT_RETRYABLE)
             return
         outputs = self._job_outputs(context)
+        await self.engine.journal.flush()  # the job's last lines before its end event
         async with self.store.write() as conn:
             await transitions.finish_job(conn, self.lease, "success", outputs=outputs)
         await self.engine.notify()
 
     async def _fail(self, error: dict[str, Any], retryable: bool) -> None:
+        await self.engine.journal.flush()  # the job's last lines before its end event
         error = self._masked(error)  # it lands in job/run rows and in events
         policy = self.job.retry_policy(self.engine.default_retries)
         failures = self.job_row["failures"]
@@ -250,7 +257,21 @@ class JobRun:
         if row["status"] == "failed":  # resolved while the job waited (a rejected approval)
             context["steps"][spec.id] = {"outputs": row["outputs"] or {}, "status": "failed"}
             return StepOutcome("failed", row["outputs"] or {}, row["error"])
-        if spec.if_ is not None and not self._condition(spec.if_, context):
+        try:
+            wanted = spec.if_ is None or self._condition(spec.if_, context)
+        except StepFailed as exc:
+            error = exc.to_error()
+            await self._write_step(
+                row,
+                "step.failed",
+                {"error": error},
+                status="failed",
+                error=error,
+                finished_at=now(),
+            )
+            row.update(status="failed", error=error)
+            return StepOutcome("failed", error=error)
+        if not wanted:
             await self._write_step(row, "step.skipped", status="skipped", finished_at=now())
             context["steps"][spec.id] = {"outputs": {}, "status": "skipped"}
             row["status"] = "skipped"
@@ -300,8 +321,8 @@ class JobRun:
         self, row: dict[str, Any], spec: StepSpec, context: dict[str, Any]
     ) -> StepOutcome:
         try:
-            with_ = interpolate(dict(spec.with_), context)
             env = {**context["env"], **interpolate(dict(spec.env), context)}
+            with_ = interpolate(dict(spec.with_), {**context, "env": env})
             call = kinds.StepCall(
                 engine=self.engine,
                 run=self.run_row,

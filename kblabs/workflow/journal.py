@@ -154,6 +154,17 @@ class Journal:
             rows = (await conn.execute(query)).mappings().all()
         return [event_to_dict(row) for row in rows]
 
+    async def last_log_seq(self, run_id: str) -> int:
+        from sqlalchemy import func
+
+        async with self.store.engine.connect() as conn:
+            value = (
+                await conn.execute(
+                    select(func.max(run_logs.c.seq)).where(run_logs.c.run_id == run_id)
+                )
+            ).scalar()
+        return int(value or 0)
+
     async def logs(
         self,
         run_id: str,
@@ -168,7 +179,12 @@ class Journal:
         query = select(run_logs).where(run_logs.c.run_id == run_id, run_logs.c.seq > after)
         if job_id:
             query = query.where(run_logs.c.job_id == job_id)
-        if step_id:
+        if step_id and ":" not in step_id:  # a step's id from the spec, not its row id
+            from kblabs.store.tables import workflow_steps as steps
+
+            ids = select(steps.c.id).where(steps.c.run_id == run_id, steps.c.step_id == step_id)
+            query = query.where(run_logs.c.step_id.in_(ids))
+        elif step_id:
             query = query.where(run_logs.c.step_id == step_id)
         if level and level != "all":
             query = query.where(run_logs.c.level == level)

@@ -262,6 +262,7 @@ async def finish_job(
     )
     if result.rowcount != 1:
         return False
+    await close_steps(conn, lease.job_id, status)
     name = lease.job_id.split(":", 1)[1]
     event = {"success": "job.succeeded", "failed": "job.failed"}.get(status, f"job.{status}")
     payload: dict[str, Any] = {"jobName": name}
@@ -274,6 +275,23 @@ async def finish_job(
     await settle_dependents(conn, lease.run_id, spec, name, status)
     await settle_run(conn, lease.run_id, spec)
     return True
+
+
+async def close_steps(conn: AsyncConnection, job_id: str, job_status: str) -> None:
+    """A finished job's steps that never ran are `skipped`; one cut off mid-run (cancel,
+    timeout) or still waiting for a person is `cancelled`."""
+    stamp = now()
+    await conn.execute(
+        update(steps)
+        .where(steps.c.job_id == job_id, steps.c.status == "queued")
+        .values(status="skipped", finished_at=stamp)
+    )
+    cut = "cancelled" if job_status in ("cancelled", "failed") else "skipped"
+    await conn.execute(
+        update(steps)
+        .where(steps.c.job_id == job_id, steps.c.status.in_(("running", "waiting_approval")))
+        .values(status=cut, finished_at=stamp)
+    )
 
 
 async def _remember(conn: AsyncConnection, run_id: str, **values: Any) -> None:
@@ -314,6 +332,7 @@ async def settle_dependents(
                 .where(jobs.c.id == dependent_id)
                 .values(status="skipped", skip_reason=reason, finished_at=now())
             )
+            await close_steps(conn, dependent_id, "skipped")
             await add_event(
                 conn,
                 run_id,
@@ -396,11 +415,20 @@ async def cancel_run(conn: AsyncConnection, run_id: str, reason: str) -> str | N
         return str(run["status"])
     stamp = now()
     await conn.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True))
+    idle = (
+        await conn.execute(
+            select(jobs.c.id).where(
+                jobs.c.run_id == run_id, jobs.c.status.in_(("queued", "blocked", "waiting"))
+            )
+        )
+    ).all()
     await conn.execute(
         update(jobs)
         .where(jobs.c.run_id == run_id, jobs.c.status.in_(("queued", "blocked", "waiting")))
         .values(status="cancelled", finished_at=stamp, lease_owner=None, lease_token=None)
     )
+    for (job_id,) in idle:
+        await close_steps(conn, job_id, "cancelled")
     await conn.execute(
         update(jobs)
         .where(jobs.c.run_id == run_id, jobs.c.status == "running")

@@ -90,7 +90,10 @@ def sse_events(body: str) -> list[dict[str, Any]]:
         if "data" in fields:
             found.append(
                 {
-                    "id": int(fields["id"]) if "id" in fields else None,
+                    # `<event seq>.<log seq>`
+                    "id": tuple(int(p) for p in fields["id"].split("."))
+                    if "id" in fields
+                    else None,
                     "event": fields.get("event"),
                     "data": json.loads(fields["data"]),
                 }
@@ -308,12 +311,6 @@ async def test_multi_job_run_interpolates_and_passes_outputs(api: Api):
     assert run["durationMs"] is not None and run["durationMs"] >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a step's own `env` is exported to its process but is missing from the "
-    "`env` context its `run`/`with` are interpolated with (jobrunner._attempt interpolates "
-    "with_ with context['env'] = workflow+job env only)",
-)
 async def test_step_env_is_visible_to_expressions_of_the_same_step(api: Api):
     await api.install(
         "step-env",
@@ -762,12 +759,6 @@ async def test_step_if_false_skips_only_that_step(api: Api):
     assert not (api.project / "never.txt").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an `if` that does not parse crashes the job as ENGINE_ERROR ('StepFailed: if: "
-    "…') and leaves the step queued; JobRun._condition raises StepFailed outside "
-    "_attempt's try (from _step and _run), so it reaches WorkflowEngine._crashed",
-)
 @pytest.mark.parametrize("where", ["step", "job"])
 async def test_bad_if_expression_fails_with_invalid_step(api: Api, where: str):
     step: dict[str, Any] = {"id": "s", "run": "true"}
@@ -783,12 +774,6 @@ async def test_bad_if_expression_fails_with_invalid_step(api: Api, where: str):
         assert step_of(run, "j", "s")["error"]["code"] == "INVALID_STEP"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: steps that will never run stay `queued` in a finished run (the rest of a "
-    "failed job, the onSuccess hooks of a failed job, the steps of a skipped job); "
-    "transitions.finish_job/settle_dependents never move them to `skipped`",
-)
 async def test_steps_that_never_run_end_skipped(api: Api):
     await api.install(
         "leftovers",
@@ -1192,11 +1177,6 @@ async def test_approval_waits_without_holding_a_worker_then_approve(project: Pat
         assert "current status: success" in error_of(again)["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (API shape): a pending approval lacks reference §11's `stepName` (and "
-    "`specId`); WorkflowEngine.pending_approvals returns title/instructions only",
-)
 async def test_pending_approval_names_its_step(api: Api):
     await api.install("gated", approval_workflow())
     run_id = await api.start("gated")
@@ -1344,13 +1324,6 @@ async def test_gate_routes_on_an_approval(api: Api):
     assert step_of(run, "release", "ship")["startedAt"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a gate restart that goes back over an approval step crashes the job "
-    "(ENGINE_ERROR: UNIQUE constraint failed: workflow_approvals.step_row_id); "
-    "steps/kinds.approval inserts a new approvals row for the same step row while the "
-    "rejected one of the previous round is still there",
-)
 async def test_gate_on_a_rejected_approval_restarts_the_review(api: Api):
     await api.install(
         "review-loop", review_workflow({"restartFrom": "draft", "context": {"again": 1}})
@@ -1480,12 +1453,6 @@ async def test_gate_fail_route_and_default(api: Api):
     assert (await api.finished(await api.start("odd-ok")))["status"] == "success"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a gate `decision` written as `${{ expr }}` is evaluated twice: "
-    "JobRun._attempt interpolates `with` (→ 'bad'), then steps/kinds.gate evaluates that "
-    "value as an expression → INVALID_STEP \"unknown name 'bad'\"",
-)
 async def test_gate_decision_may_be_an_interpolation(api: Api):
     await api.install("bad", verdict_workflow("bad", "${{ steps.probe.outputs.verdict }}"))
     run = await api.finished(await api.start("bad"))
@@ -1523,12 +1490,6 @@ async def test_cancel_a_running_run_and_the_errors(api: Api):
     assert (await api.run(run_id))["status"] == "cancelled"  # sticky
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the step that was running when its run was cancelled stays `running` "
-    "forever (job and run are `cancelled`); JobRun._stopped → transitions.finish_job "
-    "updates the job row only, and cancel_run only touches waiting_approval steps",
-)
 async def test_cancel_marks_the_running_step_cancelled(api: Api):
     await api.install("slow", workflow({"j": {"steps": [{"id": "nap", "run": "sleep 30"}]}}))
     run_id = await api.start("slow")
@@ -1704,7 +1665,10 @@ async def test_events_of_a_finished_run(api: Api):
     middle = ids[len(ids) // 2]
     tail = sse_events(
         (
-            await api.get(f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": str(middle)})
+            await api.get(
+                f"/api/v1/runs/{run_id}/events",
+                headers={"Last-Event-ID": ".".join(map(str, middle))},
+            )
         ).text
     )
     assert [event["id"] for event in tail] == [i for i in ids if i > middle]

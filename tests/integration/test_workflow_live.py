@@ -22,8 +22,8 @@ pytestmark = pytest.mark.live
 
 TERMINAL = frozenset({"success", "failed", "cancelled", "skipped", "dlq"})
 TERMINAL_EVENTS = frozenset({"run.finished", "run.failed", "run.cancelled", "run.skipped"})
-LEASE_S = 30  # kblabs.workflow.queue.LEASE
-REAP_EVERY_S = 5  # kblabs.workflow.engine.REAP_EVERY_S
+LEASE_S = 5  # KB_WORKFLOW_LEASE_SECONDS for the crash test (the default is 30)
+REAP_EVERY_S = 2  # kblabs.workflow.engine.REAP_EVERY_S
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -130,6 +130,11 @@ class Client:
         self.http.close()
 
 
+def events_only(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stream without its interleaved log lines."""
+    return [frame for frame in frames if frame["data"]["type"] != "log.appended"]
+
+
 def job_of(run: dict[str, Any], name: str) -> dict[str, Any]:
     return next(job for job in run["jobs"] if job["jobName"] == name)
 
@@ -141,14 +146,18 @@ def step_of(run: dict[str, Any], job: str, step_id: str) -> dict[str, Any]:
 def sse(
     server: LiveServer,
     run_id: str,
-    last_event_id: int | None = None,
+    last_event_id: tuple[int, int] | int | None = None,
     stop_after: Callable | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Read `GET /runs/{id}/events`: (events as {id, event, data}, whether the server
     closed the stream). `stop_after(event)` true makes us hang up after that event."""
     headers = dict(server.auth)
     if last_event_id is not None:
-        headers["Last-Event-ID"] = str(last_event_id)
+        headers["Last-Event-ID"] = (
+            ".".join(map(str, last_event_id))
+            if isinstance(last_event_id, tuple)
+            else str(last_event_id)
+        )
     events: list[dict[str, Any]] = []
     fields: dict[str, str] = {}
     timeout = httpx.Timeout(10, read=20)
@@ -166,7 +175,10 @@ def sse(
                 continue
             if "data" in fields:
                 event = {
-                    "id": int(fields["id"]) if "id" in fields else None,
+                    # `<event seq>.<log seq>`
+                    "id": tuple(int(p) for p in fields["id"].split("."))
+                    if "id" in fields
+                    else None,
                     "event": fields.get("event"),
                     "data": json.loads(fields["data"]),
                 }
@@ -280,13 +292,14 @@ def test_sse_streams_live_events_and_resumes_with_last_event_id(
     run_id = api.start("stepped")
 
     # Hang up while the run is still going (just after the slow step started) ...
-    first, closed = sse(
+    first_all, closed = sse(
         server,
         run_id,
         stop_after=lambda e: (
             e["data"]["type"] == "step.started" and e["data"]["stepId"].endswith(":main:1")
         ),
     )
+    first = events_only(first_all)
     assert not closed
     snapshot = first[0]
     assert snapshot["event"] == "workflow.event"
@@ -298,26 +311,27 @@ def test_sse_streams_live_events_and_resumes_with_last_event_id(
     assert api.run(run_id)["status"] == "running"
 
     # ... and come back: exactly the events after the last one we saw, until the end.
-    last_seen = first[-1]["id"]
-    rest, closed = sse(server, run_id, last_event_id=last_seen)
+    last_seen = first_all[-1]["id"]
+    rest_all, closed = sse(server, run_id, last_event_id=last_seen)
+    rest = events_only(rest_all)
     assert closed, "the server closes the stream after the run's terminal event"
     assert rest and rest[0]["data"]["type"] != "run.snapshot"
     assert rest[-1]["data"]["type"] == "run.finished"
     assert rest[-1]["data"]["payload"]["status"] == "success"
 
-    ids = [event["id"] for event in first + rest]
-    assert all(isinstance(i, int) for i in ids)
-    assert first[0]["id"] <= first[1]["id"]  # the snapshot carries the seq it covers
+    ids = [event["id"][0] for event in first + rest]  # the event part of each id
+    assert first[0]["id"][0] <= first[1]["id"][0]  # the snapshot carries the seq it covers
     assert ids[1:] == sorted(set(ids[1:])), "sequence numbers increase without repeats"
-    assert rest[0]["id"] > last_seen
+    assert rest[0]["id"][0] > last_seen[0]
 
     # Everything since the start, replayed: the live stream missed nothing and doubled
     # nothing (the events the snapshot covered came before it).
-    everything, closed = sse(server, run_id, last_event_id=0)
+    everything_all, closed = sse(server, run_id, last_event_id=(0, 0))
     assert closed
-    covered = [e for e in everything if e["id"] <= snapshot["id"]]
-    assert [e["id"] for e in everything] == [e["id"] for e in covered] + ids[1:]
-    assert [e["data"] for e in everything if e["id"] > snapshot["id"]] == [
+    everything = events_only(everything_all)
+    covered = [e for e in everything if e["id"][0] <= snapshot["id"][0]]
+    assert [e["id"][0] for e in everything] == [e["id"][0] for e in covered] + ids[1:]
+    assert [e["data"] for e in everything if e["id"][0] > snapshot["id"][0]] == [
         e["data"] for e in (first + rest)[1:]
     ]
     types = [e["data"]["type"] for e in everything]
@@ -334,16 +348,10 @@ def test_sse_streams_live_events_and_resumes_with_last_event_id(
     assert closed and len(late) == 1
     assert late[0]["data"]["type"] == "run.snapshot"
     assert late[0]["data"]["payload"]["status"] == "success"
-    assert late[0]["id"] == everything[-1]["id"]
+    assert late[0]["id"][0] == everything[-1]["id"][0]
     assert server.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: no `log.appended` events: shell output goes to run_logs only "
-    "(Journal.log), never to run_events, so SSE subscribers do not see log lines "
-    "(reference §11 events, §13 'SSE log.appended')",
-)
 def test_sse_carries_log_lines(live_server_factory, project, make_client):
     write_workflow(project, "stepped", STEPPED)
     server = live_server_factory().start()
@@ -458,7 +466,7 @@ def test_graceful_stop_mid_step_requeues_the_job_for_the_next_server(
 ):
     trace, pid_file = project / "trace.txt", project / "slow.pid"
     write_workflow(project, "interrupted", interrupted_workflow(trace, pid_file, 2))
-    first = live_server_factory().start()
+    first = live_server_factory(KB_WORKFLOW_LEASE_SECONDS=str(LEASE_S)).start()
     api = make_client(first)
     run_id = api.start("interrupted")
     api.step_status(run_id, "main", "slow", "running")
@@ -489,11 +497,11 @@ def test_crash_mid_step_the_reaper_requeues_after_the_lease(
     live_server_factory, project, make_client
 ):
     """SIGKILL: nobody releases the job; the next server's reaper re-queues it once the
-    dead worker's lease (30 s) has expired. The one slow test of this file (~40 s)."""
+    dead worker's lease (5 s here, KB_WORKFLOW_LEASE_SECONDS) has expired."""
     trace, pid_file = project / "trace.txt", project / "slow.pid"
     write_workflow(project, "interrupted", interrupted_workflow(trace, pid_file, 3))
     write_workflow(project, "quick", workflow({"j": {"steps": [{"run": "true"}]}}))
-    first = live_server_factory().start()
+    first = live_server_factory(KB_WORKFLOW_LEASE_SECONDS=str(LEASE_S)).start()
     api = make_client(first)
     run_id = api.start("interrupted")
     api.step_status(run_id, "main", "slow", "running")
@@ -502,7 +510,7 @@ def test_crash_mid_step_the_reaper_requeues_after_the_lease(
     first.stop(signal.SIGKILL)
     poll(lambda: not alive(step_pid), 2, "the orphaned step process to die with its server")
 
-    second = live_server_factory().start()
+    second = live_server_factory(KB_WORKFLOW_LEASE_SECONDS=str(LEASE_S)).start()
     api = make_client(second)
     run = api.run(run_id)
     assert run["status"] == "running"  # a restart never fails runs

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from kblabs.errors import KbError
 from kblabs.store.tables import workflow_approvals as approvals
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.workflow import transitions
-from kblabs.workflow.expressions import ExpressionError, evaluate, interpolate
+from kblabs.workflow.expressions import ExpressionError, evaluate
 from kblabs.workflow.journal import add_event, now
 from kblabs.workflow.outcome import StepFailed, StepOutcome, Stop, as_outputs
 from kblabs.workflow.queue import Lease
@@ -244,6 +244,9 @@ async def approval(call: StepCall) -> StepOutcome:
     async with call.engine.store.write() as conn:
         if not await transitions.lease_holds(conn, call.lease):
             raise Stop("lease-lost")
+        await conn.execute(  # a gate may ask again: the earlier answer is history
+            delete(approvals).where(approvals.c.step_row_id == call.row["id"])
+        )
         await conn.execute(
             insert(approvals).values(
                 step_row_id=call.row["id"],
@@ -276,14 +279,13 @@ async def approval(call: StepCall) -> StepOutcome:
 async def gate(call: StepCall) -> StepOutcome:
     from kblabs.workflow.spec import GateWith
 
-    typed = _typed(call, GateWith.model_validate)
+    raw = call.spec.with_.get("decision")
+    typed = _typed(call, lambda data: GateWith.model_validate({**data, "decision": str(raw)}))
     try:
-        text = typed.decision.strip()
-        value = (
-            interpolate(text, call.context)
-            if text.startswith("${{")
-            else evaluate(text, call.context)
-        )
+        if str(raw).strip().startswith("${{"):  # `with` was interpolated already
+            value = call.with_.get("decision")
+        else:  # a bare path or expression: `steps.review.outputs.action`
+            value = evaluate(typed.decision.strip(), call.context)
     except ExpressionError as exc:
         raise StepFailed("INVALID_STEP", f"with.decision: {exc}") from None
     key = _decision_key(value)
@@ -301,11 +303,8 @@ async def gate(call: StepCall) -> StepOutcome:
             "GATE_MAX_ITERATIONS",
             f"Gate max iterations reached ({typed.max_iterations}) for step {call.spec.id}",
         )
-    if route.context:
-        call.context["trigger"] = {
-            **call.context["trigger"],
-            "payload": {**(call.context["trigger"].get("payload") or {}), **route.context},
-        }
+    if route.context:  # merged into trigger.payload, for this attempt and later ones
+        call.context["trigger"] = await _merge_trigger_payload(call, route.context)
     outputs = {
         **base,
         "action": "restart",
@@ -313,6 +312,15 @@ async def gate(call: StepCall) -> StepOutcome:
         "iteration": iteration,
     }
     return StepOutcome("restart", outputs, restart_from=route.restart_from)
+
+
+async def _merge_trigger_payload(call: StepCall, extra: dict[str, Any]) -> dict[str, Any]:
+    async with call.engine.store.write() as conn:
+        row = (await conn.execute(select(runs.c.trigger).where(runs.c.id == call.run["id"]))).one()
+        trigger = dict(row[0] or {})
+        trigger["payload"] = {**(trigger.get("payload") or {}), **extra}
+        await conn.execute(update(runs).where(runs.c.id == call.run["id"]).values(trigger=trigger))
+    return trigger
 
 
 def _decision_key(value: Any) -> str:
