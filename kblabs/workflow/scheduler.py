@@ -7,7 +7,7 @@ schedule stays paused across syncs and restarts.
 
 Only the holder of the `workflow-scheduler` lease (a row in `kb_leases`, renewed every
 few seconds) runs APScheduler; any process may take over when the holder dies. Each
-fire creates a run with the idempotency key `schedule:<id>:<minute>`, so two leaders
+fire creates a run with the idempotency key `schedule:<id>:<fire time>`, so two leaders
 overlapping for a moment still start one run per fire. Missed fires while nobody led
 are skipped (no catch-up), as in the original.
 """
@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
 from loguru import logger
 from sqlalchemy import delete, insert, select, update
 
@@ -29,6 +28,7 @@ from kblabs.store import Store
 from kblabs.store.tables import leases
 from kblabs.store.tables import workflow_schedules as schedules
 from kblabs.workflow.journal import iso, now
+from kblabs.workflow.spec import cron_trigger
 
 if TYPE_CHECKING:
     from kblabs.workflow.engine import WorkflowEngine
@@ -36,11 +36,6 @@ if TYPE_CHECKING:
 LEASE_NAME = "workflow-scheduler"
 LEASE_TTL = timedelta(seconds=15)
 TICK_S = 5.0
-
-
-def cron_trigger(expression: str, timezone: str) -> CronTrigger:
-    """APScheduler's reading of a 5-field crontab; ValueError names the problem."""
-    return CronTrigger.from_crontab(expression, timezone=timezone)
 
 
 async def hold_lease(store: Store, name: str, owner: str, ttl: timedelta) -> bool:
@@ -267,9 +262,14 @@ class Scheduler:
         return run_id
 
     async def _fired(self, schedule_id: str) -> None:
-        minute = now().replace(second=0, microsecond=0)  # cron fires on the minute
+        # A fire happens on a whole minute (second with a 6-field schedule): the time,
+        # truncated so, names the fire for the idempotency key.
+        with_seconds = len(self._loaded.get(schedule_id, ("",))[0].split()) == 6
+        fire_time = now().replace(microsecond=0)
+        if not with_seconds:
+            fire_time = fire_time.replace(second=0)
         try:
-            run_id = await self.fire(schedule_id, minute)
+            run_id = await self.fire(schedule_id, fire_time)
             logger.info("cron {} fired: run {}", schedule_id, run_id)
         except Exception as exc:  # a broken schedule must not stop the others
             logger.warning("cron {} could not start its run: {}", schedule_id, exc)

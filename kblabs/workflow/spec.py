@@ -96,6 +96,24 @@ USES_FORMS = (
 )
 
 
+def cron_trigger(expression: str, timezone: str) -> CronTrigger:
+    """A crontab line: 5 fields (minute hour day month weekday), or 6 with seconds
+    first (`*/10 * * * * *`, for tests and short jobs). ValueError names the problem."""
+    fields = expression.split()
+    if len(fields) == 6:
+        second, minute, hour, day, month, weekday = fields
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=weekday,
+            timezone=timezone,
+        )
+    return CronTrigger.from_crontab(expression, timezone=timezone)
+
+
 class Problem(TypedDict):
     path: str
     message: str
@@ -243,7 +261,7 @@ class ScheduleTrigger(SpecModel):
     @classmethod
     def _cron(cls, value: str) -> str:
         try:
-            CronTrigger.from_crontab(value, timezone="UTC")
+            cron_trigger(value, "UTC")
         except Exception as exc:
             raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
         return value
