@@ -91,6 +91,38 @@ async def refresh_workflows(request: Request) -> JSONResponse:
 
 
 @requires("viewer")
+async def validate_workflow(request: Request) -> JSONResponse:
+    """Check a spec without saving it: `{"text": "<YAML or JSON>"}` or `{"spec": {…}}`.
+    200 `{valid, name, version, jobs}`, or 400 with every problem and its path."""
+    from kblabs.workflow.spec import load_spec, validate_spec
+
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise KbError("VALIDATION_ERROR", f"request body is not valid JSON: {exc}", 400) from None
+    if isinstance(body, dict) and isinstance(body.get("text"), str):
+        spec, problems = load_spec(body["text"], source=str(body.get("source") or "request"))
+    elif isinstance(body, dict) and "spec" in body:
+        spec, problems = validate_spec(body["spec"])
+    else:
+        raise KbError("VALIDATION_ERROR", 'send {"text": "<YAML or JSON>"} or {"spec": {...}}', 400)
+    if spec is None:
+        first = problems[0]
+        where = f"{first['path']}: " if first["path"] else ""
+        raise KbError(
+            "VALIDATION_ERROR",
+            f"{where}{first['message']}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            400,
+            details=problems,
+        )
+    return ok(
+        request,
+        {"valid": True, "name": spec.name, "version": spec.version, "jobs": list(spec.jobs)},
+    )
+
+
+@requires("viewer")
 async def get_workflow(request: Request) -> JSONResponse:
     """One workflow's `WorkflowInfo`. Only GET exists here: the original's
     `POST …/{id}/run` and friends are gone and answer 404, not 405."""
@@ -399,6 +431,7 @@ async def stats(request: Request) -> JSONResponse:
 routes = [
     Route("/api/v1/workflows", list_workflows, methods=["GET"]),
     Route("/api/v1/workflows/refresh", refresh_workflows, methods=["POST"]),
+    Route("/api/v1/workflows/validate", validate_workflow, methods=["POST"]),
     Route("/api/v1/workflows/{workflow_id:path}/runs", workflow_runs, methods=["GET"]),
     Route("/api/v1/workflows/{workflow_id:path}/runs", start_run, methods=["POST"]),
     Route(

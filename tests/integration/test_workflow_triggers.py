@@ -315,3 +315,47 @@ async def test_cancel_in_progress_replaces_the_running_run(app, project):
     assert run["status"] == "cancelled" and "superseded" in run["error"]["message"]
     assert (await finished(client, auth, second))["status"] == "success"
     assert time.monotonic() - started < 5  # the 30 s sleep was killed, not waited for
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "words"),
+    [
+        ("name: x\nversion: 1\non: {manual: true}\njobs: {}\n", "jobs", "at least 1"),
+        (
+            "name: x\nversion: 1\non: {manual: true}\njobs:\n"
+            "  a: {needs: b, steps: [{run: 'true'}]}\n",
+            "jobs.a.needs",
+            "unknown job 'b'",
+        ),
+        (
+            "name: x\nversion: 1\non: {manual: true}\njobs:\n"
+            "  a: {needs: b, steps: [{run: 'true'}]}\n  b: {needs: a, steps: [{run: 'true'}]}\n",
+            "jobs.a.needs",
+            "cycle",
+        ),
+        (
+            "name: x\nversion: 1\non: {manual: true}\njobs:\n  a:\n    steps:\n"
+            "      - run: 'true'\n      - uses: nope:thing\n",
+            "jobs.a.steps[1].uses",
+            "",
+        ),
+        ("name: x\nversion: 1\non: {manual: true}\njobs: [", "", "invalid YAML"),
+    ],
+)
+async def test_validate_names_the_path_of_every_bad_spec(app, text, path, words):
+    client, auth, _ = app
+    answer = await client.post("/api/v1/workflows/validate", json={"text": text}, headers=auth)
+    assert answer.status_code == 400, answer.text
+    problems = answer.json()["error"]["details"]
+    assert any(p["path"] == path and words in p["message"] for p in problems), problems
+
+
+async def test_validate_accepts_a_good_spec(app):
+    client, auth, _ = app
+    answer = await client.post("/api/v1/workflows/validate", json={"text": NIGHTLY}, headers=auth)
+    assert answer.json()["data"] == {
+        "valid": True,
+        "name": "Nightly",
+        "version": "1",
+        "jobs": ["main"],
+    }
