@@ -283,5 +283,5 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     app.state.on_ready = []  # callables run once every component has started
     app.state.openapi_sources = [lambda: plugin_api.openapi_paths(runtime.plugins)]
     # coroutines run when draining starts: close WebSockets so they do not hold the drain
-    app.state.on_drain = [runtime.executions.drain, runtime.hub.drain]
+    app.state.on_drain = [runtime.executions.drain, runtime.hub.drain, runtime.workflows.drain]
     return app

@@ -116,6 +116,41 @@ def register(commands) -> None:
     pending = action("approvals", "steps of a run waiting for approval", _approvals)
     pending.add_argument("run_id", metavar="RUN_ID")
 
+    check = actions.add_parser(
+        "validate", help="check workflow files here, no server needed (exit 2 on problems)"
+    )
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(handler=_validate)
+
+
+def _validate(ctx: CliContext) -> ExitCode:
+    """Every problem of every file, with its path (`jobs.build.steps[2].uses`)."""
+    from pathlib import Path
+
+    from kblabs.workflow.spec import load_spec
+
+    results: list[dict[str, Any]] = []
+    for name in ctx.args.files:
+        path = Path(name)
+        try:
+            spec, problems = load_spec(path.read_text(encoding="utf-8"), source=str(path))
+        except OSError as exc:
+            spec, problems = None, [{"path": "", "message": f"cannot read {path}: {exc}"}]
+        results.append({"file": str(path), "valid": spec is not None, "problems": problems})
+    valid = all(r["valid"] for r in results)
+    if ctx.output.as_json:
+        ctx.output.result({"ok": valid, "files": results}, lambda c: None)
+    else:
+        for result in results:
+            if result["valid"]:
+                ctx.output.console.print(f"{result['file']}: valid", markup=False)
+            for problem in result["problems"]:
+                where = f"{problem['path']}: " if problem["path"] else ""
+                ctx.output.errors.print(
+                    f"{result['file']}: {where}{problem['message']}", markup=False
+                )
+    return ExitCode.OK if valid else ExitCode.USAGE
+
 
 def _wait_flags(parser) -> None:
     parser.add_argument(

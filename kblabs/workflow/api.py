@@ -53,7 +53,7 @@ def _engine(request: Request) -> WorkflowEngine:
     return request.app.state.runtime.workflows
 
 
-def _int(request: Request, name: str, default: int) -> int:
+def int_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -142,8 +142,8 @@ async def workflow_runs(request: Request) -> JSONResponse:
             tenant_id=namespace_of(request.scope),
             workflow_id=workflow_id,
             status=request.query_params.get("status"),
-            limit=_int(request, "limit", 50),
-            offset=_int(request, "offset", 0),
+            limit=int_param(request, "limit", 50),
+            offset=int_param(request, "offset", 0),
         )
     return ok(request, {"workflowId": workflow_id, "runs": found, "total": total})
 
@@ -154,18 +154,26 @@ async def start_run(request: Request) -> JSONResponse:
     201 with the new run, 200 with the earlier run for a key already used."""
     body = await json_body(request, RunBody, optional=True)
     identity = identity_of(request.scope)
-    trigger = {"type": "manual", **(body.trigger or {})}
-    trigger.setdefault("actor", identity.subject if identity else None)
+    # who and how are the server's to say; a caller may only add a payload
+    trigger = {
+        "type": "manual",
+        "actor": identity.subject if identity else None,
+        "payload": (body.trigger or {}).get("payload"),
+    }
+    workflow_id = request.path_params["workflow_id"]
     key = request.headers.get("idempotency-key") or body.idempotency_key
-    run_id, created = await _engine(request).create_run(
-        request.path_params["workflow_id"],
+    namespace = namespace_of(request.scope)
+    engine = _engine(request)
+    run_id, created = await engine.create_run(
+        workflow_id,
         inputs=body.inputs if body.inputs is not None else (body.input or {}),
         trigger=trigger,
-        tenant_id=namespace_of(request.scope),
-        idempotency_key=f"{namespace_of(request.scope)}:{key}" if key else None,
+        tenant_id=namespace,
+        idempotency_key=f"{namespace}:{workflow_id}:{key}" if key else None,
     )
+    status = "queued" if created else (await engine.get_run_row(run_id))["status"]
     return ok(
-        request, {"runId": run_id, "status": "queued", "created": created}, 201 if created else 200
+        request, {"runId": run_id, "status": status, "created": created}, 201 if created else 200
     )
 
 
@@ -181,8 +189,8 @@ async def runs(request: Request) -> JSONResponse:
             tenant_id=namespace_of(request.scope),
             workflow_id=request.query_params.get("workflowId"),
             status=request.query_params.get("status"),
-            limit=_int(request, "limit", 50),
-            offset=_int(request, "offset", 0),
+            limit=int_param(request, "limit", 50),
+            offset=int_param(request, "offset", 0),
         )
     return ok(request, {"runs": found, "total": total})
 
@@ -228,9 +236,9 @@ async def run_logs(request: Request) -> JSONResponse:
         job_id=job_id,
         step_id=query.get("stepId"),
         level=query.get("level"),
-        after=_int(request, "after", 0),
-        limit=max(1, min(_int(request, "limit", 100), 1000)),
-        offset=max(0, _int(request, "offset", 0)),
+        after=int_param(request, "after", 0),
+        limit=max(1, min(int_param(request, "limit", 100), 1000)),
+        offset=max(0, int_param(request, "offset", 0)),
     )
     return ok(request, {"runId": run_id, "logs": lines})
 
@@ -338,6 +346,10 @@ def _cursor(raw: str | None) -> tuple[int, int] | None:
         ) from None
 
 
+async def _finished(engine: WorkflowEngine, run_id: str) -> bool:
+    return (await engine.get_run_row(run_id))["status"] in TERMINAL_RUN
+
+
 def _frame(cursor: tuple[int, int], data: dict[str, Any]) -> bytes:
     body = json.dumps(data, default=str)
     return f"id: {cursor[0]}.{cursor[1]}\nevent: workflow.event\ndata: {body}\n\n".encode()
@@ -388,6 +400,10 @@ async def _stream(
                 finished = True  # the last log lines, if any, then the end
         if finished and not lines:
             return
+        if not merged and await _finished(engine, run_id):
+            return  # a reconnect after the run's end: nothing more will come
+        if engine.draining.is_set():
+            return  # the server is shutting down; the client reconnects elsewhere
         if lines or events:
             idle = 0.0
             continue

@@ -40,6 +40,7 @@ from kblabs.workflow.metrics import WorkflowMetrics
 from kblabs.workflow.queue import JobQueue
 from kblabs.workflow.scheduler import Scheduler
 from kblabs.workflow.spec import WorkflowSpec, validate_spec
+from kblabs.workflow.steps.shell import env_text
 
 IDLE_POLL_S = 0.5
 REAP_EVERY_S = 2.0
@@ -77,6 +78,7 @@ class WorkflowEngine:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._retention_at: datetime | None = None
+        self.draining = asyncio.Event()  # set at shutdown: event streams end
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -109,6 +111,11 @@ class WorkflowEngine:
                 await task
         self._tasks = []
         await self.journal.stop()
+
+    async def drain(self) -> None:
+        """Shutdown began: open event streams finish now instead of holding the drain."""
+        self.draining.set()
+        await self.journal.notify()
 
     def health(self) -> tuple[str, str]:
         invalid = [e.id for e in self.catalog.entries.values() if e.spec is None]
@@ -228,6 +235,11 @@ class WorkflowEngine:
         try:
             run_env = {**(env or {}), **interpolate(dict(spec.env), context)}
             group = interpolate(spec.concurrency.group, context) if spec.concurrency else None
+            job_groups = {
+                name: str(interpolate(job.concurrency.group, context))
+                for name, job in spec.jobs.items()
+                if job.concurrency
+            }
         except ExpressionError as exc:
             raise KbError("VALIDATION_ERROR", f"env/concurrency: {exc}", 400) from None
         run_id = str(uuid.uuid4())
@@ -248,12 +260,13 @@ class WorkflowEngine:
                     tenant_id=tenant_id,
                     trigger=trigger,
                     inputs=resolved,
-                    env={k: str(v) for k, v in run_env.items()},
+                    env={k: env_text(v) for k, v in run_env.items()},
                     metadata=metadata,
                     idempotency_key=idempotency_key,
                     concurrency_group=str(group) if group else None,
                     parent_run_id=parent_run_id,
                     depth=depth,
+                    job_groups=job_groups,
                 )
         except IntegrityError:
             existing = await self._by_idempotency_key(idempotency_key)

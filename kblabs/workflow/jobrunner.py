@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 from sqlalchemy import select
 
+from kblabs.errors import KbError
 from kblabs.store.tables import workflow_jobs as jobs
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.store.tables import workflow_steps as steps
@@ -152,11 +153,15 @@ class JobRun:
 
     async def _run(self) -> None:
         await self._load()
-        context = self._context()
         try:
+            context = self._context()
+            # `failure()` / `cancelled()` in a job's `if` look at the jobs it needs
+            context["job"] = {"status": self._needs_status(context)}
             runs_at_all = self.job.if_ is None or self._condition(self.job.if_, context)
-        except StepFailed as exc:
-            await self._fail(exc.to_error(), retryable=False)
+            context["job"] = {"status": "success"}
+        except (StepFailed, ExpressionError) as exc:
+            error = exc.to_error() if isinstance(exc, StepFailed) else _invalid(exc)
+            await self._fail(error, retryable=False)
             return
         if not runs_at_all:
             async with self.store.write() as conn:
@@ -193,7 +198,11 @@ class JobRun:
         if failure is not None:
             await self._fail(failure, failure.get("code") not in NOT_RETRYABLE)
             return
-        outputs = self._job_outputs(context)
+        try:
+            outputs = self._job_outputs(context)
+        except ExpressionError as exc:
+            await self._fail(_invalid(exc, "outputs"), retryable=False)
+            return
         await self.engine.journal.flush()  # the job's last lines before its end event
         async with self.store.write() as conn:
             await transitions.finish_job(conn, self.lease, "success", outputs=outputs)
@@ -289,9 +298,16 @@ class JobRun:
         if outcome.status == "waiting":
             return outcome
         if outcome.status in ("success", "restart"):
-            outputs = self._declared_outputs(spec, outcome.outputs, context)
-            if spec.artifacts:
-                await self._collect_artifacts(row, spec, outputs)
+            try:
+                outputs = self._declared_outputs(spec, outcome.outputs, context)
+                if spec.artifacts:
+                    await self._collect_artifacts(row, spec, outputs)
+            except (ExpressionError, KbError) as exc:
+                error = (
+                    _invalid(exc, "outputs") if isinstance(exc, ExpressionError) else exc.to_dict()
+                )
+                outcome = StepOutcome("failed", outcome.outputs, error)
+        if outcome.status in ("success", "restart"):
             await self._write_step(
                 row,
                 "step.succeeded",
@@ -392,6 +408,14 @@ class JobRun:
         for name in missing:
             self._log_line(None, f"artifact {name!r}: its source was not found", None, row["id"])
 
+    def _needs_status(self, context: dict[str, Any]) -> str:
+        results = [need["result"] for need in context["needs"].values()]
+        if "cancelled" in results:
+            return "cancelled"
+        if any(result in ("failed", "skipped") for result in results):
+            return "failure"
+        return "success"
+
     def _context(self) -> dict[str, Any]:
         done = {
             row["name"]: {"outputs": row["outputs"] or {}, "result": row["status"]}
@@ -476,6 +500,11 @@ class JobRun:
         if not ok:
             raise Stop("lease-lost")
         await self.engine.journal.notify()
+
+
+def _invalid(exc: Exception, where: str = "") -> dict[str, Any]:
+    prefix = f"{where}: " if where else ""
+    return {"code": "INVALID_STEP", "message": f"{prefix}{exc}"}
 
 
 def _next_is_gate(specs: list[StepSpec], index: int) -> bool:

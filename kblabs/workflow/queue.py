@@ -166,12 +166,15 @@ class JobQueue:
         async with self.store.write() as conn:
             expired = (
                 await conn.execute(
-                    select(jobs.c.id, jobs.c.run_id).where(
+                    select(jobs.c.id, jobs.c.run_id, jobs.c.cancel_requested).where(
                         jobs.c.status == "running", jobs.c.lease_expires_at < stamp
                     )
                 )
             ).all()
-            for job_id, run_id in expired:
+            for job_id, run_id, cancelled in expired:
+                if cancelled:  # its run was cancelled meanwhile: close it, do not re-run it
+                    await _close_cancelled(conn, job_id, run_id, stamp)
+                    continue
                 await conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id, jobs.c.status == "running")
@@ -195,7 +198,7 @@ class JobQueue:
                     {"jobName": job_id.split(":", 1)[1], "reason": "lease expired"},
                     job_id=job_id,
                 )
-        return [job_id for job_id, _ in expired]
+        return [job_id for job_id, _, _ in expired]
 
     async def depth(self) -> tuple[int, float | None]:
         """(queued jobs, age in seconds of the oldest due one) for the metrics."""
@@ -212,6 +215,31 @@ class JobQueue:
             ).one()
         age = (stamp - _aware(oldest)).total_seconds() if oldest is not None else None
         return int(count), age
+
+
+async def _close_cancelled(
+    conn: AsyncConnection, job_id: str, run_id: str, stamp: datetime
+) -> None:
+    await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id)
+        .values(
+            status="cancelled",
+            finished_at=stamp,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+    )
+    for before, after in (("running", "cancelled"), ("queued", "skipped")):
+        await conn.execute(
+            update(steps)
+            .where(steps.c.job_id == job_id, steps.c.status == before)
+            .values(status=after, finished_at=stamp)
+        )
+    await add_event(
+        conn, run_id, "job.cancelled", {"jobName": job_id.split(":", 1)[1]}, job_id=job_id
+    )
 
 
 def _aware(value: datetime) -> datetime:

@@ -279,7 +279,7 @@ class Scheduler:
                 await conn.execute(
                     update(schedules)
                     .where(schedules.c.id == schedule_id)
-                    .values(next_run_at=job.next_run_time)
+                    .values(next_run_at=_utc(job.next_run_time))
                 )
 
     # --- leadership --------------------------------------------------------------------------
@@ -337,7 +337,7 @@ class Scheduler:
                 max_instances=1,
                 misfire_grace_time=30,
             )
-            next_runs[schedule_id] = job.next_run_time
+            next_runs[schedule_id] = _utc(job.next_run_time)
         if next_runs:
             async with self.store.write() as conn:
                 for schedule_id, when in next_runs.items():
@@ -353,6 +353,13 @@ class Scheduler:
                 self._aps.shutdown(wait=False)
             self._aps = None
             self._loaded = {}
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """Stored in UTC: SQLite keeps no zone, and readers take stored times as UTC."""
+    from datetime import UTC
+
+    return when.astimezone(UTC) if when is not None else None
 
 
 def _plugin_job_type(plugin_id: str, payload: Any) -> str:

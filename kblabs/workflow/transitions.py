@@ -71,6 +71,7 @@ async def insert_run(
     concurrency_group: str | None,
     parent_run_id: str | None,
     depth: int,
+    job_groups: dict[str, str] | None = None,
 ) -> None:
     stamp = now()
     rank = PRIORITY_RANK[spec.priority]
@@ -110,7 +111,7 @@ async def insert_run(
                 attempt=0,
                 failures=0,
                 available_at=stamp,
-                concurrency_group=job.concurrency.group if job.concurrency else None,
+                concurrency_group=(job_groups or {}).get(name),
                 cancel_requested=False,
                 created_at=stamp,
             )
@@ -211,8 +212,7 @@ async def retry_job(
         update(steps)
         .where(
             steps.c.job_id == lease.job_id,
-            (steps.c.status != "success") | (steps.c.section != "main"),
-            steps.c.section != "pre",
+            (steps.c.status != "success") | steps.c.section.in_(("onSuccess", "onFailure", "post")),
         )
         .values(status="queued", outputs=None, error=None, started_at=None, finished_at=None)
     )
@@ -357,8 +357,9 @@ async def settle_run(conn: AsyncConnection, run_id: str, spec: WorkflowSpec) -> 
         if row["status"] == "failed" and not spec.jobs[row["name"]].continue_on_error
     ]
     if failed:
-        status = "dlq" if (run["metadata"] or {}).get("dlq_job") else "failed"
-        first = failed[0]
+        dlq_job = (run["metadata"] or {}).get("dlq_job")
+        status = "dlq" if dlq_job else "failed"
+        first = next((row for row in failed if row["name"] == dlq_job), failed[0])
         error = {
             "message": f"job {first['name']} failed"
             + (" after its retries" if status == "dlq" else "")

@@ -26,6 +26,7 @@ from kblabs.errors import KbError
 from kblabs.http.envelope import ok
 from kblabs.http.validation import json_body
 from kblabs.rest.webhooks import signature_ok
+from kblabs.workflow.api import int_param
 from kblabs.workflow.engine import WorkflowEngine
 from kblabs.workflow.jobrunner import secret_values
 from kblabs.workflow.views import describe_run, list_runs
@@ -145,8 +146,8 @@ async def list_jobs(request: Request) -> JSONResponse:
             tenant_id=namespace_of(request.scope),
             workflow_prefix="job:",
             status=request.query_params.get("status"),
-            limit=int(request.query_params.get("limit") or 50),
-            offset=int(request.query_params.get("offset") or 0),
+            limit=int_param(request, "limit", 50),
+            offset=int_param(request, "offset", 0),
         )
     return ok(request, {"jobs": found, "total": total})
 
@@ -180,14 +181,17 @@ async def job_steps(request: Request) -> JSONResponse:
 @requires("viewer")
 async def job_logs(request: Request) -> JSONResponse:
     run_id = request.path_params["job_id"]
-    row = await _engine(request).get_run_row(run_id)
-    if row["tenant_id"] != namespace_of(request.scope):
+    try:
+        row = await _engine(request).get_run_row(run_id)
+    except KbError:
+        row = None
+    if row is None or row["tenant_id"] != namespace_of(request.scope):
         raise KbError("JOB_NOT_FOUND", f"Job not found: {run_id}", 404)
     lines = await _engine(request).journal.logs(
         run_id,
         level=request.query_params.get("level"),
-        limit=max(1, min(int(request.query_params.get("limit") or 100), 1000)),
-        offset=max(0, int(request.query_params.get("offset") or 0)),
+        limit=max(1, min(int_param(request, "limit", 100), 1000)),
+        offset=max(0, int_param(request, "offset", 0)),
     )
     return ok(request, {"jobId": run_id, "logs": lines})
 

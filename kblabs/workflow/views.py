@@ -24,6 +24,9 @@ def masker_for(run: Any) -> SecretMasker | None:
     names = list(spec.get("secrets") or [])
     for job in (spec.get("jobs") or {}).values():
         names += job.get("secrets") or []
+        hooks = job.get("hooks") or {}
+        for step in [*(job.get("steps") or []), *[s for h in hooks.values() for s in h or []]]:
+            names += step.get("secrets") or []
     values = list(secret_values(names).values())
     return SecretMasker(values) if values else None
 

@@ -359,3 +359,23 @@ async def test_validate_accepts_a_good_spec(app):
         "version": "1",
         "jobs": ["main"],
     }
+
+
+def test_cli_validate_exits_2_naming_each_path(tmp_path, project):
+    from tests.conftest import base_env, run_cli
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "name: x\nversion: 1\non: {manual: true}\njobs:\n  a: {needs: b, steps: [{run: 'true'}]}\n"
+    )
+    good = tmp_path / "good.yml"
+    good.write_text(NIGHTLY)
+    result = run_cli(
+        "workflow", "validate", str(good), str(bad), project=project, env=base_env(project)
+    )
+    assert result.returncode == 2
+    assert "jobs.a.needs: unknown job 'b'" in result.stderr and "good.yml: valid" in result.stdout
+    ok = run_cli(
+        "--json", "workflow", "validate", str(good), project=project, env=base_env(project)
+    )
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True

@@ -5,7 +5,6 @@ raises `StepFailed`."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +23,7 @@ from kblabs.workflow.journal import add_event, now
 from kblabs.workflow.outcome import StepFailed, StepOutcome, Stop, as_outputs
 from kblabs.workflow.queue import Lease
 from kblabs.workflow.spec import StepSpec
-from kblabs.workflow.steps.shell import ShellBlocked, run_shell
+from kblabs.workflow.steps.shell import ShellBlocked, run_shell, shell_env
 
 if TYPE_CHECKING:
     from kblabs.workflow.engine import WorkflowEngine
@@ -89,13 +88,12 @@ async def shell(call: StepCall) -> StepOutcome:
     from kblabs.workflow.spec import ShellWith
 
     typed = _typed(call, ShellWith.model_validate)
-    env = {**os.environ, **call.env, **typed.env}
     timeout_ms = typed.timeout or call.spec.timeout_ms or call.timeout_ms
     try:
         result = await run_shell(
             typed.command_text,
             cwd=call.cwd,
-            env={k: str(v) for k, v in env.items()},
+            env=shell_env({**call.env, **typed.env}),
             timeout_s=timeout_ms / 1000,
             on_line=lambda stream, line, number: call.log(stream, line, number, call.row["id"]),
         )

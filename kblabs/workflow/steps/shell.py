@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +21,8 @@ from typing import Any
 
 OUTPUT_MARKER = "::kb-output::"
 MAX_CAPTURE = 1024 * 1024  # per stream, kept for the step's outputs
+BLOCKED_ROOT_RM = re.compile(r"rm\s+-[a-z]*r[a-z]*f?[a-z]*\s+/(\*|\s|$|;|&)|rm\s+-rf\s+/$")
 BLOCKED = (
-    "rm -rf /",
-    "rm -rf /*",
     "mkfs",
     "dd if=",
     ":(){:|:&};:",
@@ -64,11 +64,35 @@ class ShellResult:
         return outputs
 
 
+# The worker's own secrets never reach a step: these are left out of its environment
+# (a step gets secrets it declares, through `secrets:` and `env:`).
+PRIVATE_ENV = ("KB_SECRET_", "KB_WEBHOOK_SECRET_", "GATEWAY_", "KB_DATABASE_URL", "KB_TOKEN")
+
+
 def check_command(command: str) -> None:
     lowered = command.lower()
+    if BLOCKED_ROOT_RM.search(lowered):
+        raise ShellBlocked('Dangerous command blocked: "rm -rf /"')
     for pattern in BLOCKED:
         if pattern in lowered:
             raise ShellBlocked(f'Dangerous command blocked: "{pattern}"')
+
+
+def env_text(value: Any) -> str:
+    """An env value as a process sees it: null → "", booleans true/false, objects JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def shell_env(step_env: dict[str, Any]) -> dict[str, str]:
+    """The worker's environment without its private variables, then the step's."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
+    return {**base, **{k: env_text(v) for k, v in step_env.items()}}
 
 
 async def run_shell(
