@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kblabs.errors import KbError
+from kblabs.processes import die_with_parent
 
 TAIL_LINES = 15
 NOT_FOUND = re.compile(
@@ -161,7 +162,8 @@ async def _run(argv: list[str], timeout_s: float, progress: Progress | None) -> 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,
-        start_new_session=True,
+        start_new_session=True,  # a timeout kills pip and what it started
+        preexec_fn=die_with_parent,  # and pip never outlives us
     )
     tail: list[str] = []
 

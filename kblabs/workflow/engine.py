@@ -30,7 +30,7 @@ from kblabs.store.tables import workflow_approvals as approvals
 from kblabs.store.tables import workflow_jobs as jobs
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.store.tables import workflow_steps as steps
-from kblabs.workflow import transitions
+from kblabs.workflow import orphans, transitions
 from kblabs.workflow.catalog import Catalog
 from kblabs.workflow.expressions import ExpressionError, interpolate
 from kblabs.workflow.inputs import resolve_inputs
@@ -173,6 +173,7 @@ class WorkflowEngine:
         while True:
             await asyncio.sleep(REAP_EVERY_S)
             try:
+                await asyncio.to_thread(orphans.reap, self.settings.data_dir)
                 requeued = await self.queue.reap()
                 expired = await self._expire_approvals()
                 if self.metrics is not None:

@@ -248,3 +248,55 @@ def test_two_schedulers_create_one_run_per_fire(setup, project):
     fires = [job["trigger"]["payload"]["scheduledAt"] for job in jobs]
     assert len(fires) >= 4, fires
     assert len(fires) == len(set(fires)), "a fire time got two runs"
+
+
+ORPHANING = """
+name: Orphaning
+version: 1
+on: {manual: true}
+jobs:
+  main:
+    steps:
+      - run: |
+          sleep 60 &
+          echo $! > "$LEDGER"
+          wait
+"""
+
+
+def test_what_a_killed_worker_started_is_reaped(setup, project):
+    """A step's background child outlives its shell; when the worker is SIGKILLed, the
+    reaper of another process on this host kills the whole step process group."""
+    server, env, ledger, workers = setup
+    (project / ".kb" / "workflows" / "orphaning.yml").write_text(ORPHANING)
+    httpx.post(f"{server.url}/api/v1/workflows/refresh", headers=server.auth)
+    doomed = start_worker(project, "doomed", env)
+    workers.append(doomed)
+    wait_ready(project, "doomed")
+    run_id = httpx.post(
+        f"{server.url}/api/v1/workflows/orphaning/runs", headers=server.auth
+    ).json()["data"]["runId"]
+    deadline = time.monotonic() + 20
+    while not ledger.read_text().strip():
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.05)
+    sleeper = int(ledger.read_text().split()[0])
+    doomed.kill()
+    doomed.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 10  # the server's reaper runs every 2 s
+    while alive(sleeper):
+        assert time.monotonic() < deadline, "the orphaned sleep is still running"
+        time.sleep(0.1)
+    httpx.post(f"{server.url}/api/v1/runs/{run_id}/cancel", headers=server.auth)
+    leftovers = list((project / ".kb" / "run").glob(f"*-{doomed.pid}.pgids"))
+    assert leftovers == [], "the dead worker's ledger should be gone"
+        (project / ".kb" / "run").glob("*doomed*")
+    )

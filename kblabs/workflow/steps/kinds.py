@@ -96,6 +96,7 @@ async def shell(call: StepCall) -> StepOutcome:
             env=shell_env({**call.env, **typed.env}),
             timeout_s=timeout_ms / 1000,
             on_line=lambda stream, line, number: call.log(stream, line, number, call.row["id"]),
+            ledger=call.engine.settings.data_dir,
         )
     except ShellBlocked as exc:
         raise StepFailed("SHELL_BLOCKED", str(exc)) from None

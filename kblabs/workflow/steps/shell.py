@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kblabs.processes import die_with_parent
+from kblabs.workflow import orphans
+
 OUTPUT_MARKER = "::kb-output::"
 MAX_CAPTURE = 1024 * 1024  # per stream, kept for the step's outputs
 BLOCKED_ROOT_RM = re.compile(r"rm\s+-[a-z]*r[a-z]*f?[a-z]*\s+/(\*|\s|$|;|&)|rm\s+-rf\s+/$")
@@ -102,7 +105,10 @@ async def run_shell(
     env: dict[str, str],
     timeout_s: float,
     on_line: LineSink,
+    ledger: Path | None = None,
 ) -> ShellResult:
+    """Run `command` with `/bin/sh -c`; `ledger` (the data dir) records its process
+    group so a reaper can kill it if this worker dies (kblabs.workflow.orphans)."""
     check_command(command)
     process = await asyncio.create_subprocess_exec(
         "/bin/sh",
@@ -114,8 +120,10 @@ async def run_shell(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
+    if ledger is not None:
+        orphans.record(ledger, process.pid)
     result = ShellResult(exit_code=-1, stdout="", stderr="")
     captured: dict[str, list[str]] = {"stdout": [], "stderr": []}
 
@@ -148,6 +156,8 @@ async def run_shell(
         await _kill(process)
         raise
     finally:
+        if ledger is not None:
+            orphans.forget(ledger, process.pid)
         if not pumps.done():
             pumps.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -155,18 +165,6 @@ async def run_shell(
     result.stdout = "\n".join(captured["stdout"])
     result.stderr = "\n".join(captured["stderr"])
     return result
-
-
-def _die_with_parent() -> None:
-    """Linux: the command gets SIGKILL if the worker dies (even by SIGKILL), so a killed
-    worker leaves no orphan behind while its job runs again elsewhere."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
