@@ -135,6 +135,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
     runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
     plugins.listeners.append(runner.on_registry_change)  # lifecycle onLoad / onUnload
+    plugins.isolated = lambda plugin: runner.mode_for(plugin) == "subprocess"
     webhooks = WebhookQueue(store, plugins, runner)
     workflows = WorkflowEngine(
         settings, store, plugins=plugins, runner=runner, metrics=metrics.registry
@@ -184,6 +185,7 @@ def worker_components(settings: Settings, *, migrate: bool = True) -> list[Any]:
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
     runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
     plugins.listeners.append(runner.on_registry_change)
+    plugins.isolated = lambda plugin: runner.mode_for(plugin) == "subprocess"
     workflows = WorkflowEngine(settings, store, plugins=plugins, runner=runner, workers=True)
     return [DataDir(settings.data_dir), store, adapters, state, plugins, runner, workflows]
 

@@ -85,18 +85,64 @@ def handler_refs(plugin: Discovered) -> list[tuple[str, str]]:
     return refs
 
 
-def importable(found: Discovery) -> list[Discovered]:
-    """Plugins whose every handler imports; the others become diagnostics."""
-    loaded = []
-    for plugin in found.plugins:
-        failures = []
-        for where, ref in handler_refs(plugin):
+# Checks that a plugin's handlers import, in a child process: a plugin that runs in
+# subprocess workers must not run its module code in the server even once.
+IMPORT_CHECK = """
+import json, sys
+from pathlib import Path
+from kblabs.plugins.handlers import HandlerError, import_handler
+problems = []
+for where, ref in json.loads(sys.argv[2]):
+    try:
+        import_handler(ref, Path(sys.argv[1]))
+    except HandlerError as exc:
+        problems.append([where, exc.code, exc.message])
+print(json.dumps(problems))
+"""
+IMPORT_CHECK_TIMEOUT_S = 30
+
+
+def _import_problems(plugin: Discovered, isolated: bool) -> list[tuple[str, str, str]]:
+    """(where, code, message) of every handler reference that does not import."""
+    refs = handler_refs(plugin)
+    if not isolated:
+        problems = []
+        for where, ref in refs:
             try:
                 import_handler(ref, plugin.root)
             except HandlerError as exc:
-                failures.append(
-                    Diagnostic(exc.code, "error", plugin.id, f"{plugin.id}: {where}: {exc.message}")
-                )
+                problems.append((where, exc.code, exc.message))
+        return problems
+    import json
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", IMPORT_CHECK, str(plugin.root), json.dumps(refs)],
+            capture_output=True,
+            text=True,
+            timeout=IMPORT_CHECK_TIMEOUT_S,
+            cwd=plugin.root,
+        )
+        return [tuple(p) for p in json.loads(done.stdout.strip().splitlines()[-1])]
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return [("", "MODULE_IMPORT_FAILED", f"the import check did not finish: {exc}")]
+
+
+def importable(
+    found: Discovery, isolated: Callable[[Discovered], bool] | None = None
+) -> list[Discovered]:
+    """Plugins whose every handler imports; the others become diagnostics. Plugins
+    `isolated` says run in subprocess workers are checked in a child process."""
+    loaded = []
+    for plugin in found.plugins:
+        failures = [
+            Diagnostic(code, "error", plugin.id, f"{plugin.id}: {where}: {message}")
+            for where, code, message in _import_problems(
+                plugin, bool(isolated and isolated(plugin))
+            )
+        ]
         found.diagnostics.extend(failures)
         if not failures:
             loaded.append(plugin)
@@ -121,6 +167,8 @@ class PluginRegistry:
         self._lock_stamp: float | None = None
         self._code_stamps: dict[Path, float] = {}  # linked plugin folder → code_stamp
         self.listeners: list[RefreshListener] = []  # told {added, removed, revision…}
+        # plugins that run in subprocess workers: their imports are checked out of process
+        self.isolated: Callable[[Discovered], bool] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._refreshing = asyncio.Lock()
 
@@ -169,7 +217,7 @@ class PluginRegistry:
             stamp = self._stamp()
             found = await asyncio.to_thread(discover, self.lock, self.project_root)
             reloaded = await asyncio.to_thread(self._reload_changed_code, found)
-            found.plugins = await asyncio.to_thread(importable, found)
+            found.plugins = await asyncio.to_thread(importable, found, self.isolated)
             table, conflicts = mount(found.plugins)
             diagnostics = list(found.diagnostics) + [
                 Diagnostic("ENTITY_CONFLICT", "error", c.split(":", 1)[0], c) for c in conflicts

@@ -66,7 +66,13 @@ def sandbox(tmp_path_factory):
     (project / "kb.config.json").write_text(json.dumps(config))
     for plugin_id in MODES:
         link_probe(project, plugin_id)
-    env = base_env(project, KB_LOG_LEVEL="info", PROBE_VISIBLE="yes", SECRET_TOKEN="hidden")
+    env = base_env(
+        project,
+        KB_LOG_LEVEL="info",
+        PROBE_VISIBLE="yes",
+        SECRET_TOKEN="hidden",
+        PROBE_IMPORT_LOG=str(project / "imports.log"),
+    )
     server = LiveServer(project, free_port(), env).start()
     yield server
     server.stop()
@@ -358,6 +364,10 @@ def test_a_marketplace_installed_plugin_runs_in_a_subprocess_by_default(sandbox)
     installed = "@kb-test/probe-installed"
     target = sandbox.project / ".kb" / "plugins" / "kb-probe-installed"
     shutil.copytree(PROBE / "kb_probe", target / "kb_probe")
+    (target / "kb_probe" / "__init__.py").write_text(  # notes which process imports it
+        'import os\nopen(os.environ.get("PROBE_IMPORT_LOG", "/dev/null"), "a")'
+        '.write(f"{os.getpid()}\\n")\n'
+    )
     manifest = json.loads((PROBE / "kb.plugin.json").read_text())
     manifest["id"] = installed
     (target / "kb_probe" / "kb.plugin.json").write_text(json.dumps(manifest))
@@ -376,3 +386,6 @@ def test_a_marketplace_installed_plugin_runs_in_a_subprocess_by_default(sandbox)
     data = call(sandbox, installed, "GET", "/whoami").json()["data"]
     assert data["pid"] != sandbox.process.pid and data["plugin"] == installed
     denied(call(sandbox, installed, "POST", "/write-file", json={"path": "x.txt"}), "fs.write")
+    importers = (sandbox.project / "imports.log").read_text().split()
+    assert importers, "the import check and the workers should have imported it"
+    assert str(sandbox.process.pid) not in importers  # never inside the server
