@@ -379,7 +379,7 @@ async def _stream(
         yield _frame(cursor, {"type": "run.snapshot", "runId": run_id, "payload": snapshot})
         if snapshot and snapshot["status"] in TERMINAL_RUN:
             return
-    idle, finished = 0.0, False
+    idle, finished, last_look = 0.0, False, False
     while True:
         lines = await journal.logs(run_id, after=cursor[1], limit=500)
         events = [] if finished else await journal.events(run_id, cursor[0])
@@ -400,8 +400,11 @@ async def _stream(
                 finished = True  # the last log lines, if any, then the end
         if finished and not lines:
             return
+        if not merged and last_look:
+            return
         if not merged and await _finished(engine, run_id):
-            return  # a reconnect after the run's end: nothing more will come
+            last_look = True  # it ended meanwhile: one more read for what it wrote last
+            continue
         if engine.draining.is_set():
             return  # the server is shutting down; the client reconnects elsewhere
         if lines or events:

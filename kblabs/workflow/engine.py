@@ -75,7 +75,9 @@ class WorkflowEngine:
         self.scheduler = Scheduler(self)
         self.metrics = WorkflowMetrics(self, metrics) if metrics is not None else None
         self.active: dict[str, JobRun] = {}
-        self._wake = asyncio.Event()
+        # one permit per piece of new work, at most one per worker: a notify wakes one
+        # idle worker, not all of them
+        self._wake = asyncio.Semaphore(0)
         self._tasks: list[asyncio.Task[None]] = []
         self._retention_at: datetime | None = None
         self.draining = asyncio.Event()  # set at shutdown: event streams end
@@ -84,6 +86,7 @@ class WorkflowEngine:
 
     async def start(self) -> None:
         await self.journal.start()
+        await asyncio.to_thread(orphans.reap, self.settings.data_dir)  # a crash's leftovers
         await self.catalog.refresh()
         await self.scheduler.start()
         if self.plugins is not None:
@@ -127,14 +130,14 @@ class WorkflowEngine:
         return "ok", f"{len(self.catalog.entries)} workflow(s), {mode}, {len(self.active)} running"
 
     async def notify(self) -> None:
-        self._wake.set()
+        if self._wake._value < self.options.max_parallel_jobs:
+            self._wake.release()
         await self.journal.notify()
 
     # --- workers -------------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
-            self._wake.clear()  # before the claim: work made during it wakes us again
             try:
                 lease = await self.queue.claim()
             except Exception as exc:  # the store may be briefly busy: never stop working
@@ -143,7 +146,7 @@ class WorkflowEngine:
                 continue
             if lease is None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                    await asyncio.wait_for(self._wake.acquire(), IDLE_POLL_S)
                 continue
             job = JobRun(self, lease)
             self.active[lease.job_id] = job

@@ -109,7 +109,8 @@ class JobRun:
             await self._fail({"code": "JOB_TIMEOUT", "message": "the job ran out of time"}, False)
             return
         async with self.store.write() as conn:
-            await transitions.finish_job(conn, self.lease, "cancelled")
+            spec = getattr(self, "spec", None)  # None when stopped before it was loaded
+            await transitions.finish_job(conn, self.lease, "cancelled", spec=spec)
         await self.engine.notify()
 
     # --- the job -------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class JobRun:
         if not runs_at_all:
             async with self.store.write() as conn:
                 await transitions.finish_job(
-                    conn, self.lease, "skipped", skip_reason=f"if: {self.job.if_}"
+                    conn, self.lease, "skipped", skip_reason=f"if: {self.job.if_}", spec=self.spec
                 )
             await self.engine.notify()
             return
@@ -205,7 +206,9 @@ class JobRun:
             return
         await self.engine.journal.flush()  # the job's last lines before its end event
         async with self.store.write() as conn:
-            await transitions.finish_job(conn, self.lease, "success", outputs=outputs)
+            await transitions.finish_job(
+                conn, self.lease, "success", outputs=outputs, spec=self.spec
+            )
         await self.engine.notify()
 
     async def _fail(self, error: dict[str, Any], retryable: bool) -> None:
@@ -222,6 +225,7 @@ class JobRun:
                     conn,
                     self.lease,
                     "failed",
+                    spec=self.spec,
                     error=error,
                     exhausted_retries=retryable and policy.max > 0,
                 )
@@ -285,15 +289,16 @@ class JobRun:
             context["steps"][spec.id] = {"outputs": {}, "status": "skipped"}
             row["status"] = "skipped"
             return StepOutcome("skipped")
-        started = now()
-        await self._write_step(
-            row,
+        start = (
             "step.started",
             {"stepName": spec.name, "uses": str(spec.uses)},
-            status="running",
-            started_at=started,
-            attempt=row["attempt"] + 1,
+            {"status": "running", "started_at": now(), "attempt": row["attempt"] + 1},
         )
+        # a noop has nothing to wait for: its start and end go in one transaction
+        instant = spec.uses.is_builtin("noop")
+        pending = [start] if instant else []
+        if not instant:
+            await self._write_changes(row, [start])
         outcome = await self._attempt(row, spec, context)
         if outcome.status == "waiting":
             return outcome
@@ -308,26 +313,22 @@ class JobRun:
                 )
                 outcome = StepOutcome("failed", outcome.outputs, error)
         if outcome.status in ("success", "restart"):
-            await self._write_step(
-                row,
-                "step.succeeded",
-                {"outputs": self._masked(outputs)},
-                status="success",
-                outputs=outputs,
-                finished_at=now(),
+            done = {"status": "success", "outputs": outputs, "finished_at": now()}
+            await self._write_changes(
+                row, [*pending, ("step.succeeded", {"outputs": self._masked(outputs)}, done)]
             )
             row.update(status="success", outputs=outputs)
             context["steps"][spec.id] = {"outputs": outputs, "status": "success"}
             outcome.outputs = outputs
             return outcome
-        await self._write_step(
-            row,
-            "step.failed",
-            {"error": self._masked(outcome.error)},
-            status="failed",
-            error=outcome.error,
-            outputs=outcome.outputs or None,
-            finished_at=now(),
+        failed = {
+            "status": "failed",
+            "error": outcome.error,
+            "outputs": outcome.outputs or None,
+            "finished_at": now(),
+        }
+        await self._write_changes(
+            row, [*pending, ("step.failed", {"error": self._masked(outcome.error)}, failed)]
         )
         row.update(status="failed", error=outcome.error)
         context["steps"][spec.id] = {"outputs": outcome.outputs, "status": "failed"}
@@ -493,12 +494,18 @@ class JobRun:
         payload: dict[str, Any] | None = None,
         **values: Any,
     ) -> None:
+        await self._write_changes(row, [(event, payload, values)])
+
+    async def _write_changes(
+        self, row: dict[str, Any], changes: list[tuple[str, dict[str, Any] | None, dict[str, Any]]]
+    ) -> None:
+        """Step changes (each with its event) in one transaction, fenced by the lease."""
         async with self.store.write() as conn:
-            ok = await transitions.update_step(
-                conn, self.lease, row["id"], event, payload, **values
-            )
-        if not ok:
-            raise Stop("lease-lost")
+            for event, payload, values in changes:
+                if not await transitions.update_step(
+                    conn, self.lease, row["id"], event, payload, **values
+                ):
+                    raise Stop("lease-lost")
         await self.engine.journal.notify()
 
 

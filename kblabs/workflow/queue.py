@@ -74,6 +74,8 @@ class JobQueue:
 
     async def claim(self) -> Lease | None:
         stamp = now()
+        if not await self._anything_due(stamp):  # a read: idle polls take no write lock
+            return None
         token = uuid.uuid4().hex
         async with self.store.write() as conn:
             candidate = (
@@ -110,6 +112,16 @@ class JobQueue:
                 job_id=candidate.id,
             )
         return Lease(candidate.id, candidate.run_id, token, self.owner)
+
+    async def _anything_due(self, stamp: datetime) -> bool:
+        async with self.store.engine.connect() as conn:
+            found = await conn.execute(
+                select(jobs.c.id)
+                .select_from(jobs.join(runs, runs.c.id == jobs.c.run_id))
+                .where(self._claimable(stamp))
+                .limit(1)
+            )
+            return found.first() is not None
 
     async def heartbeat(self, lease: Lease) -> bool:
         async with self.store.write() as conn:

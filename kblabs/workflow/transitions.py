@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kblabs.store.tables import workflow_approvals as approvals
@@ -158,10 +158,12 @@ async def update_step(
     payload: dict[str, Any] | None = None,
     **values: Any,
 ) -> bool:
-    """Change a step row if the job is still ours; False when the lease is lost."""
-    if not await lease_holds(conn, lease):
+    """Change a step row if the job is still ours; False when the lease is lost. The
+    lease check is part of the UPDATE (one statement, no separate read)."""
+    ours = exists().where(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token)
+    changed = await conn.execute(update(steps).where(steps.c.id == step_id, ours).values(**values))
+    if changed.rowcount != 1:
         return False
-    await conn.execute(update(steps).where(steps.c.id == step_id).values(**values))
     if event:
         await add_event(conn, lease.run_id, event, payload, job_id=lease.job_id, step_id=step_id)
     return True
@@ -239,6 +241,7 @@ async def finish_job(
     error: dict[str, Any] | None = None,
     skip_reason: str | None = None,
     exhausted_retries: bool = False,
+    spec: WorkflowSpec | None = None,
 ) -> bool:
     """A job's final answer: success, failed, cancelled or skipped. Dependents are
     unblocked or skipped and the run's status settled, all in this transaction."""
@@ -269,7 +272,7 @@ async def finish_job(
     if error:
         payload["error"] = error
     await add_event(conn, lease.run_id, event, payload, job_id=lease.job_id)
-    spec = WorkflowSpec.model_validate(run["spec"])
+    spec = spec or WorkflowSpec.model_validate(run["spec"])  # the caller's copy saves a parse
     if exhausted_retries:
         await _remember(conn, lease.run_id, dlq_job=name)
     await settle_dependents(conn, lease.run_id, spec, name, status)

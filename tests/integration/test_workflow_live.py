@@ -274,7 +274,7 @@ STEPPED = workflow(
     {
         "first": {
             "steps": [
-                {"id": "hello", "run": "echo one; echo two >&2"},
+                {"id": "hello", "run": "sleep 1; echo one; echo two >&2"},
                 {"id": "pause", "run": "sleep 1.5; echo three"},
             ]
         },
@@ -508,9 +508,10 @@ def test_crash_mid_step_the_reaper_requeues_after_the_lease(
     step_pid = poll(lambda: read_pid(pid_file), 5, "the slow step's pid")
     killed_at = time.monotonic()
     first.stop(signal.SIGKILL)
-    poll(lambda: not alive(step_pid), 2, "the orphaned step process to die with its server")
 
     second = live_server_factory(KB_WORKFLOW_LEASE_SECONDS=str(LEASE_S)).start()
+    # the new server's reaper kills what the dead one's steps left running
+    poll(lambda: not alive(step_pid), 5, "the orphaned step process to be reaped")
     api = make_client(second)
     run = api.run(run_id)
     assert run["status"] == "running"  # a restart never fails runs

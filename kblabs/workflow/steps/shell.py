@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kblabs.processes import die_with_parent
 from kblabs.workflow import orphans
 
 OUTPUT_MARKER = "::kb-output::"
@@ -77,7 +76,7 @@ def check_command(command: str) -> None:
     if BLOCKED_ROOT_RM.search(lowered):
         raise ShellBlocked('Dangerous command blocked: "rm -rf /"')
     for pattern in BLOCKED:
-        if pattern in lowered:
+        if pattern.lower() in lowered:
             raise ShellBlocked(f'Dangerous command blocked: "{pattern}"')
 
 
@@ -119,8 +118,9 @@ async def run_shell(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
+        start_new_session=True,  # one group: a kill takes everything it started
+        # no preexec_fn: it forces fork() and stalls the event loop per step; a dead
+        # worker's steps are killed through the ledger instead (kblabs.workflow.orphans)
     )
     if ledger is not None:
         orphans.record(ledger, process.pid)
