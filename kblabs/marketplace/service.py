@@ -97,6 +97,24 @@ def inspect(folder: Path) -> Package:
     )
 
 
+def _seconds(value: Any) -> float:
+    """`marketplace.installTimeoutS`: a positive number, else the default (and a warning)."""
+    if value is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if seconds <= 0:
+        logger.warning(
+            "marketplace.installTimeoutS must be a positive number of seconds, not {!r}: using {}",
+            value,
+            DEFAULT_TIMEOUT_S,
+        )
+        return DEFAULT_TIMEOUT_S
+    return seconds
+
+
 class Marketplace:
     def __init__(self, settings: Settings, registry: Any = None, scope: str = "platform") -> None:
         self.settings = settings
@@ -108,7 +126,7 @@ class Marketplace:
         self.staging_dir = self.packages_dir / ".staging"
         options = settings.raw.get("marketplace") or {}
         self.index_url: str | None = options.get("indexUrl")
-        self.timeout_s = float(options.get("installTimeoutS") or DEFAULT_TIMEOUT_S)
+        self.timeout_s = _seconds(options.get("installTimeoutS"))
         self._serial = asyncio.Lock()  # one install at a time in this process
 
     @classmethod
