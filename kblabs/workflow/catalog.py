@@ -16,6 +16,7 @@ is rebuilt on `refresh()` and whenever the plugin registry changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,22 @@ class Catalog:
         self.folder = project_root / ".kb" / "workflows"
         self.plugins = plugins  # PluginRegistry | None
         self.entries: dict[str, CatalogEntry] = {}
+        self.last_stamp: tuple[tuple[str, float], ...] = ()
+
+    def stamp(self) -> tuple[tuple[str, float], ...]:
+        """What the workflow folder holds (names and modification times): a change
+        means the catalog should be read again."""
+        if not self.folder.is_dir():
+            return ()
+        found = []
+        for path in sorted(self.folder.iterdir()):
+            if path.suffix in SPEC_SUFFIXES:
+                with contextlib.suppress(OSError):
+                    found.append((path.name, path.stat().st_mtime))
+        return tuple(found)
 
     async def refresh(self) -> dict[str, Any]:
+        self.last_stamp = await asyncio.to_thread(self.stamp)
         entries = await asyncio.to_thread(self._scan)
         self.entries = {entry.id: entry for entry in entries}
         invalid = [e.id for e in entries if e.spec is None]

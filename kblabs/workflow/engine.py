@@ -177,6 +177,8 @@ class WorkflowEngine:
             await asyncio.sleep(REAP_EVERY_S)
             try:
                 await asyncio.to_thread(orphans.reap, self.settings.data_dir)
+                if await asyncio.to_thread(self.catalog.stamp) != self.catalog.last_stamp:
+                    await self.refresh()  # a workflow file was added, changed or removed
                 requeued = await self.queue.reap()
                 expired = await self._expire_approvals()
                 if self.metrics is not None:

@@ -379,3 +379,23 @@ def test_cli_validate_exits_2_naming_each_path(tmp_path, project):
         "--json", "workflow", "validate", str(good), project=project, env=base_env(project)
     )
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+
+
+async def test_a_new_workflow_file_is_picked_up_without_a_refresh(app, project):
+    client, auth, _ = app
+    write_workflow(project, "fresh", NIGHTLY.replace("Nightly", "Fresh"))
+    deadline = time.monotonic() + 10  # the engine looks at the folder every 2 s
+    while True:
+        listed = (await client.get("/api/v1/workflows", headers=auth)).json()["data"]
+        if "fresh" in [w["id"] for w in listed["workflows"]]:
+            break
+        assert time.monotonic() < deadline, "the new file was not picked up"
+        await asyncio.sleep(0.2)
+    (project / ".kb" / "workflows" / "fresh.yml").unlink()
+    deadline = time.monotonic() + 10
+    while "fresh" in [
+        w["id"]
+        for w in (await client.get("/api/v1/workflows", headers=auth)).json()["data"]["workflows"]
+    ]:
+        assert time.monotonic() < deadline, "the removed file is still listed"
+        await asyncio.sleep(0.2)
