@@ -226,6 +226,7 @@ class WorkflowEngine:
         depth: int = 0,
         env: dict[str, str] | None = None,
         spec: WorkflowSpec | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> tuple[str, bool]:
         """(run id, created). An idempotency key already used answers the first run's id
         with created False."""
@@ -249,7 +250,7 @@ class WorkflowEngine:
         except ExpressionError as exc:
             raise KbError("VALIDATION_ERROR", f"env/concurrency: {exc}", 400) from None
         run_id = str(uuid.uuid4())
-        metadata: dict[str, Any] = {}
+        metadata = dict(metadata or {})
         if idempotency_key:
             metadata["idempotencyKey"] = idempotency_key
         if group:
@@ -372,8 +373,22 @@ class WorkflowEngine:
         if before in transitions.TERMINAL_RUN:
             raise KbError("RUN_NOT_CANCELLABLE", f'Cannot cancel run with status "{before}"', 409)
         self._stop_local(run_id)
+        await self._cancel_children(run_id)
         await self.notify()
         return before
+
+    async def _cancel_children(self, run_id: str) -> None:
+        async with self.store.engine.connect() as conn:
+            children = (
+                await conn.execute(
+                    select(runs.c.id).where(
+                        runs.c.parent_run_id == run_id, runs.c.status.in_(("queued", "running"))
+                    )
+                )
+            ).all()
+        for (child_id,) in children:
+            with contextlib.suppress(KbError):
+                await self.cancel_run(child_id, "its parent run was cancelled")
 
     def _stop_local(self, run_id: str) -> None:
         """Jobs of the run running in this process stop now (others within a second)."""

@@ -292,7 +292,10 @@ async def close_steps(conn: AsyncConnection, job_id: str, job_status: str) -> No
     cut = "cancelled" if job_status in ("cancelled", "failed") else "skipped"
     await conn.execute(
         update(steps)
-        .where(steps.c.job_id == job_id, steps.c.status.in_(("running", "waiting_approval")))
+        .where(
+            steps.c.job_id == job_id,
+            steps.c.status.in_(("running", "waiting_approval", "waiting_child")),
+        )
         .values(status=cut, finished_at=stamp)
     )
 
@@ -397,7 +400,46 @@ async def finalize_run(
     if error:
         payload["error"] = error
     await add_event(conn, run["id"], event.get(status, "run.failed"), payload)
+    if run["parent_run_id"]:
+        await settle_parent(conn, run, status)
     return True
+
+
+async def settle_parent(conn: AsyncConnection, child: Any, status: str) -> None:
+    """A child run waited for by a `workflow:` step ended: settle that step and give the
+    parent's job back to the queue."""
+    meta = child["metadata"] or {}
+    step_id, job_id = meta.get("parentStepRowId"), meta.get("parentJobId")
+    if not step_id or not job_id:
+        return  # fire-and-forget
+    done = status == "success"
+    error = (
+        None
+        if done
+        else {"code": "CHILD_RUN_FAILED", "message": f"child run {child['id']} ended {status}"}
+    )
+    settled = await conn.execute(
+        update(steps)
+        .where(steps.c.id == step_id, steps.c.status == "waiting_child")
+        .values(
+            status="success" if done else "failed",
+            outputs={"runId": child["id"], "status": status, "result": child["result"]},
+            error=error,
+            finished_at=now(),
+        )
+    )
+    if settled.rowcount != 1:
+        return
+    payload = {"childRunId": child["id"], "status": status}
+    await add_event(
+        conn,
+        child["parent_run_id"],
+        "step.succeeded" if done else "step.failed",
+        payload,
+        job_id=job_id,
+        step_id=step_id,
+    )
+    await requeue_after_approval(conn, job_id)
 
 
 def _aware(value: datetime) -> datetime:
@@ -445,7 +487,7 @@ async def cancel_run(conn: AsyncConnection, run_id: str, reason: str) -> str | N
     )
     await conn.execute(
         update(steps)
-        .where(steps.c.run_id == run_id, steps.c.status == "waiting_approval")
+        .where(steps.c.run_id == run_id, steps.c.status.in_(("waiting_approval", "waiting_child")))
         .values(status="cancelled", finished_at=stamp)
     )
     await finalize_run(conn, run, "cancelled", {"message": reason, "code": "CANCELLED"})

@@ -399,3 +399,57 @@ async def test_a_new_workflow_file_is_picked_up_without_a_refresh(app, project):
     ]:
         assert time.monotonic() < deadline, "the removed file is still listed"
         await asyncio.sleep(0.2)
+
+
+PARENT = """
+name: Parent
+version: 1
+on: {manual: true}
+jobs:
+  main:
+    steps:
+      - id: call
+        uses: workflow:child
+        with: {inputs: {n: 2}}
+      - run: echo "child ${{ steps.call.outputs.status }}"
+"""
+
+CHILD = """
+name: Child
+version: 1
+on: {manual: true}
+inputs:
+  n: {type: number, default: 1}
+jobs:
+  main:
+    steps:
+      - run: echo ${{ inputs.n }}
+"""
+
+
+async def test_a_waiting_parent_gives_its_worker_to_the_child(project, monkeypatch):
+    """One worker slot in all: the parent's `workflow:` step releases it while the child
+    runs (it used to hold it, and parent and child waited for each other forever)."""
+    import httpx
+
+    write_workflow(project, "parent", PARENT)
+    write_workflow(project, "child", CHILD)
+    settings = make_settings(project, KB_WORKFLOW_MAX_PARALLEL_JOBS="1")
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            auth = {
+                "Authorization": "Bearer " + (settings.data_dir / "admin.token").read_text().strip()
+            }
+            started = await client.post("/api/v1/workflows/parent/runs", headers=auth)
+            run = await finished(client, auth, started.json()["data"]["runId"])
+            assert run["status"] == "success", run
+            steps = run["jobs"][0]["steps"]
+            assert steps[0]["outputs"]["status"] == "success"
+            assert steps[1]["outputs"]["stdout"] == "child success"
+            child_id = steps[0]["outputs"]["runId"]
+            child = (await client.get(f"/api/v1/runs/{child_id}", headers=auth)).json()["data"][
+                "run"
+            ]
+            assert child["parentRunId"] == run["id"] and child["status"] == "success"

@@ -4,7 +4,6 @@ raises `StepFailed`."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from kblabs.workflow.engine import WorkflowEngine
 
 MAX_WORKFLOW_DEPTH = 3
-CHILD_POLL_S = 0.5
 
 LogLine = Callable[[str | None, str, int | None, str], None]
 
@@ -203,31 +201,35 @@ async def workflow(call: StepCall) -> StepOutcome:
             parent_run_id=call.run["id"],
             depth=depth,
             env=dict(call.env) if typed.inherit_env else None,
+            metadata=(
+                {"parentJobId": call.job["id"], "parentStepRowId": call.row["id"]}
+                if typed.mode == "wait"
+                else None
+            ),
         )
     except KbError as exc:
         raise StepFailed(exc.code, exc.message, exc.details) from None
     if typed.mode == "fire-and-forget":
         return StepOutcome("success", {"runId": child_id, "mode": "fire-and-forget"})
-    try:
-        while True:  # the step holds its worker slot while the child runs
-            child = await call.engine.get_run_row(child_id)
-            if child["status"] in transitions.TERMINAL_RUN:
-                break
-            await asyncio.sleep(CHILD_POLL_S)
-    except asyncio.CancelledError:
-        await call.engine.cancel_run(child_id, "parent run stopped")
-        raise
-    outputs = {"runId": child_id, "status": child["status"], "result": child["result"]}
-    if child["status"] != "success":
-        return StepOutcome(
-            "failed",
-            outputs,
-            {
-                "code": "CHILD_RUN_FAILED",
-                "message": f"child run {child_id} ended {child['status']}",
-            },
+    # wait: like an approval, the job gives its worker back until the child ends (the
+    # child's last transaction settles this step and re-queues the job)
+    async with call.engine.store.write() as conn:
+        marked = await transitions.update_step(
+            conn,
+            call.lease,
+            call.row["id"],
+            "step.waitingChild",
+            {"childRunId": child_id},
+            status="waiting_child",
+            outputs={"runId": child_id},
         )
-    return StepOutcome("success", outputs)
+        if not marked:
+            raise Stop("lease-lost")
+        await transitions.release_for_approval(conn, call.lease)
+        child = (await conn.execute(select(runs).where(runs.c.id == child_id))).mappings().one()
+        if child["status"] in transitions.TERMINAL_RUN:  # it ended already
+            await transitions.settle_parent(conn, child, child["status"])
+    return StepOutcome("waiting")
 
 
 # --- builtin:approval ----------------------------------------------------------------------
