@@ -144,3 +144,18 @@ def stop_server(proc: subprocess.Popen, deadline_s: float) -> int | None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
         return None
+
+
+# The two lines a fresh project's first start always logs: not worth a reader's worry.
+FIRST_START_NOTICES = ("generated a JWT signing secret", "first start: admin token written")
+
+
+def print_log_tail(tail: list[str]) -> None:
+    """The server's last log lines after a bench, the usual first-start notices counted
+    rather than shown."""
+    notices = [line for line in tail if any(known in line for known in FIRST_START_NOTICES)]
+    if notices:
+        print(f"  ({len(notices)} of them the usual first-start notices: JWT secret, admin token)")
+    for line in tail:
+        if line not in notices:
+            print(f"  | {line}")

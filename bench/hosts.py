@@ -70,6 +70,7 @@ from _server import (
     base_environ,
     cpu_seconds,
     free_port,
+    print_log_tail,
     read_lines,
     rss_mib,
     stop_server,
@@ -82,7 +83,6 @@ HOSTS_POLL_INTERVAL_S = 0.1
 PROTOCOL_VERSION = "1.0"
 DISPATCH_ARGS = ["x"]
 # Warnings every fresh project root logs once (kblabs.auth); not shown in the text report.
-FIRST_START_NOTICES = ("generated a JWT signing secret", "first start: admin token written")
 # Variables that would reach into the kblabs config (kblabs/config/loader.py and
 # discovery.py) or make the server talk to systemd; the server runs without them.
 
@@ -806,13 +806,7 @@ def print_report(result: dict[str, Any]) -> None:
         f"after {fmt(shutdown.get('stop_s'), '.3f')} s; "
         f"{shutdown.get('server_log_lines', 0)} server log line(s)"
     )
-    tail = shutdown.get("server_log_tail", [])
-    notices = [line for line in tail if any(known in line for known in FIRST_START_NOTICES)]
-    if notices:
-        print(f"  ({len(notices)} of them the usual first-start notices: JWT secret, admin token)")
-    for line in tail:
-        if line not in notices:
-            print(f"  | {line}")
+    print_log_tail(shutdown.get("server_log_tail", []))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,7 @@ from _server import (
     base_environ,
     cpu_seconds,
     free_port,
+    print_log_tail,
     read_lines,
     stop_server,
     wait_ready,
@@ -115,8 +116,6 @@ EXPECTED_GREET = {"greeting": "hello x", "plugin": PLUGIN_ID, "tenant": "default
 EXPECTED_SUB_GREET = {"greeting": "hello x", "plugin": SUB_PLUGIN_ID, "tenant": "default"}
 EXPECTED_SUM = {"sum": 3}
 SUBPROCESS_SETTLE_S = 1.0  # pause after each subprocess phase: the warm pool refills
-
-FIRST_START_NOTICES = ("generated a JWT signing secret", "first start: admin token written")
 
 
 # --- the server ------------------------------------------------------------------------
@@ -711,13 +710,7 @@ def print_report(result: dict[str, Any]) -> None:
         f"after {fmt(shutdown.get('stop_s'), '.3f')} s; "
         f"{shutdown.get('server_log_lines', 0)} server log line(s)"
     )
-    tail = shutdown.get("server_log_tail", [])
-    notices = [line for line in tail if any(known in line for known in FIRST_START_NOTICES)]
-    if notices:
-        print(f"  ({len(notices)} of them the usual first-start notices: JWT secret, admin token)")
-    for line in tail:
-        if line not in notices:
-            print(f"  | {line}")
+    print_log_tail(shutdown.get("server_log_tail", []))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,7 @@ from _server import (
     base_environ,
     cpu_seconds,
     free_port,
+    print_log_tail,
     read_lines,
     stop_server,
     wait_ready,
@@ -130,7 +131,6 @@ ACTIVE = "queued,running"
 PAGE = 500  # the API's largest page
 DRAIN_POLL_S = 0.05  # throughput: how often the queued+running total is read
 WARMUP_RUNS = 10
-FIRST_START_NOTICES = ("generated a JWT signing secret", "first start: admin token written")
 
 
 # --- the baseline: raw SQLite commits ----------------------------------------------------
@@ -755,13 +755,7 @@ def print_report(result: dict[str, Any]) -> None:
         f"after {fmt(shutdown.get('stop_s'), '.3f')} s; "
         f"{shutdown.get('server_log_lines', 0)} server log line(s)"
     )
-    tail = shutdown.get("server_log_tail", [])
-    notices = [line for line in tail if any(known in line for known in FIRST_START_NOTICES)]
-    if notices:
-        print(f"  ({len(notices)} of them the usual first-start notices: JWT secret, admin token)")
-    for line in tail:
-        if line not in notices:
-            print(f"  | {line}")
+    print_log_tail(shutdown.get("server_log_tail", []))
 
 
 def main(argv: list[str] | None = None) -> int:
