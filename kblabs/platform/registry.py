@@ -26,10 +26,11 @@ kept (`choices()`) for the routers that will use them; only the primary is built
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
@@ -72,10 +73,16 @@ class AdapterContext:
 
     settings: Settings
     store: Store
+    # token → an adapter started before this one (TOKENS order), or None: the LLM adapter
+    # records its usage through `adapter("analytics")`.
+    adapter: Callable[[str], Any] = lambda token: None
 
 
 # factory(token, raw adapterOptions.<token> or None, context) → adapter
 Factory = Callable[[str, Any, AdapterContext], Any]
+# A built-in whose library is heavy (openai, qdrant-client) is named "module:function" and
+# imported only when configured, so a plugin worker or a CLI call never pays for it.
+FactoryRef = Factory | str
 
 
 def _loguru(token: str, raw: Any, ctx: AdapterContext) -> Logger:
@@ -106,7 +113,7 @@ def _null(adapter: Callable[[], Any]) -> Factory:
     return lambda token, raw, ctx: adapter()  # a null adapter has no options
 
 
-BUILTINS: dict[str, dict[str, Factory]] = {
+BUILTINS: dict[str, dict[str, FactoryRef]] = {
     "logger": {"loguru": _loguru, "null": _null(NullLogger)},
     "cache": {"memory": _memory_cache, "null": _null(NullCache)},
     "storage": {"fs": _fs_storage, "null": _null(NullStorage)},
@@ -141,7 +148,7 @@ def selection(token: str, adapters: dict[str, Any]) -> list[str] | None:
 def factory_for(token: str, name: str) -> Factory:
     known = BUILTINS[token]
     if name in known:
-        return known[name]
+        return _resolve(known[name])
     # Adapters from installed packages will be looked up here (the marketplace lock, or
     # an entry-point group such as "kblabs.adapters"), before giving up.
     if not known:
@@ -154,6 +161,13 @@ def factory_for(token: str, name: str) -> Factory:
         COMPONENT,
         f"platform.adapters.{token}: unknown adapter {name!r}; known: {', '.join(known)}",
     )
+
+
+def _resolve(ref: FactoryRef) -> Factory:
+    if not isinstance(ref, str):
+        return ref
+    module, _, function = ref.partition(":")
+    return cast(Factory, getattr(importlib.import_module(module), function))
 
 
 class AdapterRegistry:
@@ -183,8 +197,8 @@ class AdapterRegistry:
             names = selection(token, adapters)
             if names is not None:
                 plan[token] = names
-        context = AdapterContext(self.settings, self.store)
         started: list[tuple[str, Any]] = []
+        context = AdapterContext(self.settings, self.store, lambda token: dict(started).get(token))
         for token, names in plan.items():
             try:
                 adapter = factory_for(token, names[0])(token, options.get(token), context)
