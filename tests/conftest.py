@@ -39,7 +39,17 @@ def base_env(project: Path, **extra: str) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if not key.startswith(
-            ("KB_", "NODE_ENV", "PORT", "LOG_LEVEL", "NOTIFY_SOCKET", "GATEWAY_", "REDIS_URL")
+            (
+                "KB_",
+                "NODE_ENV",
+                "PORT",
+                "LOG_LEVEL",
+                "NOTIFY_SOCKET",
+                "GATEWAY_",
+                "REDIS_URL",
+                "OPENAI_",  # an LLM or embeddings endpoint of the machine is not the test's
+                "QDRANT_",
+            )
         )
     }
     env["KB_PROJECT_ROOT"] = str(project)
