@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -125,19 +127,51 @@ async def _execute(
 ) -> Any:
     from kblabs.plugins.runner import Call, PluginRunner
 
-    runner = PluginRunner(settings, lambda: find_plugins(settings), ui=_console_ui(output))
-    try:
-        return await runner.run(
-            plugin,
-            Call(
-                host="cli",
-                handler_ref=command.handler,
-                input={"flags": flags, "argv": argv},
-                permissions=command.permissions,
-                default_timeout_ms=CLI_TIMEOUT_MS,
-                host_context={"argv": argv, "flags": flags},
-                cwd=Path.cwd(),
-            ),
+    needs_platform = any(
+        perms is not None and perms.platform
+        for perms in (plugin.manifest.permissions, command.permissions)
+    )
+    async with _local_adapters(settings, needs_platform) as adapters:
+        runner = PluginRunner(
+            settings, lambda: find_plugins(settings), adapters=adapters, ui=_console_ui(output)
         )
+        try:
+            return await runner.run(
+                plugin,
+                Call(
+                    host="cli",
+                    handler_ref=command.handler,
+                    input={"flags": flags, "argv": argv},
+                    permissions=command.permissions,
+                    default_timeout_ms=CLI_TIMEOUT_MS,
+                    host_context={"argv": argv, "flags": flags},
+                    cwd=Path.cwd(),
+                ),
+            )
+        finally:
+            await runner.stop()
+
+
+@contextlib.asynccontextmanager
+async def _local_adapters(settings, wanted: bool) -> AsyncIterator[Any]:
+    """The platform adapters of the configuration, started in this process, so that a
+    command's `ctx.platform.llm` (and the others) work without a server; only for a
+    plugin that asks for platform services. The store is migrated like the server's
+    (a no-op when the server did it) but records no boot: the CLI is not the server."""
+    if not wanted:
+        yield None
+        return
+    from kblabs.platform.registry import AdapterRegistry
+    from kblabs.store import Store
+
+    store = Store(settings, record_boot=False)
+    adapters = AdapterRegistry(settings, store)
+    await store.start()
+    try:
+        await adapters.start()
+        try:
+            yield adapters
+        finally:
+            await adapters.stop()
     finally:
-        await runner.stop()
+        await store.stop()

@@ -41,7 +41,8 @@ class LockEntry(BaseModel):
             datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         )
     )
-    source: Literal["marketplace", "local"] = "marketplace"
+    # "builtin": a switched-off plugin shipped with the platform (no files of its own)
+    source: Literal["marketplace", "local", "builtin"] = "marketplace"
     primary_kind: str = "plugin"
     provides: list[str] = Field(default_factory=list)
     enabled: bool = True

@@ -27,7 +27,12 @@ from kblabs.config import Settings
 from kblabs.errors import KbError
 from kblabs.marketplace.lockfile import LockEntry, LockFile, LockFileError, entry_to_dict
 from kblabs.marketplace.pip import Progress, canonical, pip_install
-from kblabs.plugins.discovery import MANIFEST_FILE, installed_plugins, integrity_of
+from kblabs.plugins.discovery import (
+    MANIFEST_FILE,
+    builtin_manifests,
+    installed_plugins,
+    integrity_of,
+)
 from kblabs.plugins.manifest import Manifest, validate_manifest
 
 ADAPTER_GROUP = "kb_labs.adapters"
@@ -299,11 +304,20 @@ class Marketplace:
     # --- switches, links, sync ------------------------------------------------------------
 
     async def set_enabled(self, package_id: str, enabled: bool) -> dict[str, Any]:
+        builtins = builtin_manifests()
         with self.lock.update() as entries:
             key = self._key(entries, package_id)
+            if key is None and package_id in builtins:
+                key = package_id  # a built-in is on until the lock says otherwise
+                manifest, root = builtins[package_id]
+                entries[key] = LockEntry(
+                    version=manifest.version, resolved_path=str(root), source="builtin"
+                )
             if key is None:
                 raise KbError("PACKAGE_NOT_FOUND", f"{package_id} is not installed or linked", 404)
             entries[key].enabled = enabled
+            if enabled and entries[key].source == "builtin":
+                del entries[key]  # back to the default: nothing to remember
         await self._refresh()
         return {"id": key, "enabled": enabled, "scope": self.scope}
 

@@ -98,6 +98,26 @@ def integrity_of(root: Path) -> str:
     return ""
 
 
+BUILTIN_ROOT = Path(__file__).resolve().parent.parent / "builtin_plugins"
+
+
+def builtin_roots() -> list[Path]:
+    """The folders of the plugins shipped with the platform (`mind`, `commit`)."""
+    if not BUILTIN_ROOT.is_dir():
+        return []
+    return sorted(p for p in BUILTIN_ROOT.iterdir() if (p / MANIFEST_FILE).is_file())
+
+
+def builtin_manifests() -> dict[str, tuple[Manifest, Path]]:
+    """id → (manifest, folder) of every built-in plugin whose manifest is valid."""
+    found = {}
+    for root in builtin_roots():
+        manifest = _read_manifest(root.name, root, [])
+        if manifest is not None:
+            found[manifest.id] = (manifest, root)
+    return found
+
+
 def discover(lock: LockFile, project_root: Path) -> Discovery:
     result = Discovery()
     try:
@@ -106,6 +126,7 @@ def discover(lock: LockFile, project_root: Path) -> Discovery:
         result.diagnostics.append(Diagnostic("LOCK_INVALID", "error", "*", str(exc)))
         return result
     seen: dict[str, str] = {}
+    _add_builtins(entries, result, seen)
     for key, entry in entries.items():
         found = _load_entry(key, entry, project_root, result.diagnostics)
         if found is None:
@@ -126,11 +147,29 @@ def discover(lock: LockFile, project_root: Path) -> Discovery:
     return result
 
 
+def _add_builtins(entries: dict[str, LockEntry], result: Discovery, seen: dict[str, str]) -> None:
+    """Built-in plugins are on unless the lock has an entry of the same id: a disabled one
+    (`plugin disable @kb-labs/mind`) switches the built-in off, and any other entry (an
+    installed or linked package of that id) replaces it."""
+    for manifest, root in builtin_manifests().values():
+        entry = entries.get(manifest.id)
+        if entry is not None:
+            if not entry.enabled and entry.source == "builtin":
+                result.diagnostics.append(
+                    Diagnostic("PLUGIN_DISABLED", "info", manifest.id, f"{manifest.id} is disabled")
+                )
+            continue
+        seen[manifest.id] = f"builtin:{root.name}"
+        result.plugins.append(Discovered(manifest, root, "builtin", manifest.id))
+
+
 def _load_entry(
     key: str, entry: LockEntry, project_root: Path, diagnostics: list[Diagnostic]
 ) -> Discovered | None:
     if entry.primary_kind == "adapter":
         return None  # adapters are loaded by the platform, not as plugins
+    if entry.source == "builtin":
+        return None  # only switches a built-in off (see _add_builtins)
     if not entry.enabled:
         diagnostics.append(Diagnostic("PLUGIN_DISABLED", "info", key, f"{key} is disabled"))
         return None

@@ -40,8 +40,16 @@ ADAPTER_METHODS: dict[str, dict[str, int | None]] = {
     "analytics": {"track": None},
     "eventBus": {"publish": 0},
     "llm": {"complete": None, "chat": None, "chat_with_tools": None},
-    "embeddings": {"embed": None, "embed_batch": None},
-    "vectorStore": {"search": None, "upsert": None, "delete": None, "get": None, "count": None},
+    "embeddings": {"embed": None, "embed_batch": None, "get_dimensions": None},
+    # The resource of a vector-store call is its `collection=` (default "default").
+    "vectorStore": {
+        "search": None,
+        "upsert": None,
+        "delete": None,
+        "get": None,
+        "count": None,
+        "drop_collection": None,
+    },
 }
 # The permission flag that governs each token (`platform.events` covers the bus).
 PERMISSION_OF = {"eventBus": "events"}
@@ -374,6 +382,8 @@ async def _adapter_call(services: Services, op: str, args: dict[str, Any]) -> An
     if index is not None:
         resource = str(positional[index]) if len(positional) > index else kwargs.get("key")
         resource = resource or kwargs.get("path") or kwargs.get("prefix") or ""
+    if token == "vectorStore":
+        resource = str(kwargs.get("collection") or "default")
     services.guard.check_platform(PERMISSION_OF.get(token, token), resource)
     adapter = services.adapters.get(token) if services.adapters else None
     if adapter is None:
@@ -381,6 +391,8 @@ async def _adapter_call(services: Services, op: str, args: dict[str, Any]) -> An
     if token == "analytics":  # a plugin's events are its own, in its tenant
         kwargs["namespace_id"] = services.tenant_id
         kwargs.setdefault("source", {"product": services.plugin_id, "version": ""})
+    if token == "vectorStore":  # a plugin's collections live in its tenant's namespace
+        kwargs["namespace"] = services.tenant_id
     if token == "eventBus" and positional:  # published under the plugin's name
         positional[0] = f"{services.plugin_id}:{positional[0]}"
     return await getattr(adapter, method)(*positional, **kwargs)

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kblabs.plugins.discovery import builtin_manifests
 from tests.conftest import base_env, run_cli
 
 pytestmark = pytest.mark.live
@@ -172,7 +173,7 @@ def test_broken_plugins_are_reported_and_do_not_stop_the_others(live_server_fact
     health = httpx.get(f"{server.url}/api/v1/plugins/health", headers=server.auth).json()["data"]
     codes = {d["pluginId"]: d["code"] for d in health["failed"]}
     assert codes == {"bad": "MANIFEST_INVALID", "@kb/raising": "MODULE_IMPORT_FAILED"}
-    assert health["loaded"] == 1
+    assert health["loaded"] == 1 + len(builtin_manifests())  # the good one and the built-ins
     ready = httpx.get(f"{server.url}/ready").json()
     assert ready["ready"] is True
     assert ready["components"]["plugins"]["status"] == "degraded"

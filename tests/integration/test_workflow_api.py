@@ -32,6 +32,9 @@ TERMINAL = frozenset({"success", "failed", "cancelled", "skipped", "dlq"})
 EXAMPLE_PLUGIN = Path(__file__).parents[2] / "examples" / "plugins" / "kb-hello"
 WAIT_S = 15.0
 
+# Workflow handlers of the built-in plugins: in every catalog.
+BUILTIN_WORKFLOWS = ["@kb-labs/mind/index", "@kb-labs/mind/query"]
+
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -402,9 +405,13 @@ async def test_workflow_list_get_and_ids_with_slash_colon_and_at(api: Api):
     )
     write_workflow(api.project, "plain", workflow({"j": {"steps": [{"run": "true"}]}}, name="A"))
     refreshed = (await api.post("/api/v1/workflows/refresh")).json()["data"]
-    assert refreshed == {"workflowsLoaded": 2, "workflowIds": ["plain", odd_id]}
+    assert refreshed == {
+        "workflowsLoaded": 2 + len(BUILTIN_WORKFLOWS),
+        "workflowIds": [*BUILTIN_WORKFLOWS, "plain", odd_id],
+    }
 
-    listed = (await api.get("/api/v1/workflows")).json()["data"]
+    listed = (await api.get("/api/v1/workflows", params={"source": "standalone"})).json()
+    listed = listed["data"]
     assert listed["total"] == 2
     assert [info["id"] for info in listed["workflows"]] == ["plain", odd_id]  # by name
     info = next(w for w in listed["workflows"] if w["id"] == odd_id)
@@ -462,7 +469,7 @@ async def test_invalid_workflow_is_listed_with_its_problems_and_refuses_to_start
     assert "jobs.b.steps[0].contineOnError" in paths
     assert any("cycle" in p["message"] for p in broken["problems"])
     active = (await api.get("/api/v1/workflows", params={"status": "active"})).json()["data"]
-    assert [w["id"] for w in active["workflows"]] == ["fine"]
+    assert [w["id"] for w in active["workflows"]] == [*BUILTIN_WORKFLOWS, "fine"]
     syntax = (await api.get("/api/v1/workflows/syntax")).json()["data"]
     assert "invalid YAML" in syntax["problems"][0]["message"]
 
@@ -1710,6 +1717,7 @@ async def test_stats_count_runs_and_workflows(api: Api):
     await api.post("/api/v1/workflows/refresh")
     await api.finished(await api.start("fast"))
     stats = (await api.get("/api/v1/stats")).json()["data"]
-    assert stats["workflows"] == {"total": 2, "active": 1, "invalid": 1}
+    builtins = len(BUILTIN_WORKFLOWS)
+    assert stats["workflows"] == {"total": 2 + builtins, "active": 1 + builtins, "invalid": 1}
     assert stats["runs"].get("success") == 1
     assert stats["jobs"].get("success") == 1

@@ -12,6 +12,11 @@ from kblabs.plugins.discovery import discover, integrity_of
 from kblabs.plugins.handlers import HandlerError, import_handler
 
 
+def from_lock(found):
+    """The plugins the lock brought (the built-ins are always there besides)."""
+    return [p for p in found.plugins if p.source != "builtin"]
+
+
 def plugin_folder(root: Path, name: str, manifest: dict | str, module: str | None = None) -> Path:
     folder = root / "plugins" / name
     package = folder / name.replace("-", "_")
@@ -61,7 +66,7 @@ def test_good_and_broken_plugins_side_by_side(tmp_path):
     with lock.update() as entries:
         entries["@kb/gone"] = LockEntry(resolved_path="./plugins/missing")
     result = discover(lock, tmp_path)
-    assert [p.id for p in result.plugins] == ["@kb/good"]
+    assert [p.id for p in from_lock(result)] == ["@kb/good"]
     codes = {d.plugin_id: d.code for d in result.diagnostics}
     assert codes == {
         "@kb/bad": "MANIFEST_INVALID",
@@ -80,13 +85,13 @@ def test_integrity_and_conflicts(tmp_path):
     link(lock, "@kb/one-again", folder, tmp_path)  # same manifest id twice
     (folder / "pyproject.toml").write_text("changed")
     result = discover(lock, tmp_path)
-    assert [p.lock_key for p in result.plugins] == ["@kb/one"]
+    assert [p.lock_key for p in from_lock(result)] == ["@kb/one"]
     codes = sorted(d.code for d in result.diagnostics)
     assert "ENTITY_CONFLICT" in codes and "INTEGRITY_MISMATCH" in codes
     with lock.update() as entries:
         entries["@kb/one"].source = "marketplace"
         del entries["@kb/one-again"]
-    assert discover(lock, tmp_path).plugins == []  # installed files changed: refused
+    assert from_lock(discover(lock, tmp_path)) == []  # installed files changed: refused
 
 
 def test_handlers_resolve_or_say_why(tmp_path):
@@ -132,8 +137,8 @@ def test_an_installed_distribution_is_found_through_its_entry_point(tmp_path):
             resolved_path="./.kb/plugins/kb-demo", source="marketplace", integrity=integrity
         )
     found = discover(lock, tmp_path)
-    assert [p.id for p in found.plugins] == ["@acme/demo"], found.diagnostics
-    plugin = found.plugins[0]
+    assert [p.id for p in from_lock(found)] == ["@acme/demo"], found.diagnostics
+    plugin = from_lock(found)[0]
     assert plugin.root == target.resolve() and plugin.source == "marketplace"
     assert callable(import_handler("kb_demo.handlers:hi", plugin.root))
 
@@ -141,7 +146,7 @@ def test_an_installed_distribution_is_found_through_its_entry_point(tmp_path):
     metadata = target / "kb_demo-0.1.0.dist-info" / "METADATA"
     metadata.write_text(metadata.read_text() + "Summary: tampered\n")
     again = discover(lock, tmp_path)
-    assert again.plugins == []
+    assert from_lock(again) == []
     assert [d.code for d in again.diagnostics] == ["INTEGRITY_MISMATCH"]
 
 
@@ -151,6 +156,6 @@ def test_an_install_folder_without_a_plugin_says_what_it_looked_for(tmp_path):
     with lock.update() as entries:
         entries["@acme/none"] = LockEntry(resolved_path="./empty", source="marketplace")
     found = discover(lock, tmp_path)
-    assert found.plugins == []
+    assert from_lock(found) == []
     (diagnostic,) = found.diagnostics
     assert diagnostic.code == "MANIFEST_NOT_FOUND" and "kb_labs.plugins" in diagnostic.message

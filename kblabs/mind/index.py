@@ -1,0 +1,327 @@
+"""One `mind` index: a workspace's chunks in a vector-store collection, kept in step with
+the files by content hash.
+
+The manifest (`mind/<namespace>/<index>.json` in platform storage) remembers each
+indexed file's sha256 and the ids of its chunks. A re-index reads every file but embeds
+only those whose hash changed, deletes the chunks of files that are gone (or are now
+ignored, binary or too large) and saves the manifest every `SAVE_EVERY` files, so an
+interrupted run loses little and the next one repairs the rest: chunk ids are
+`<path>#<n>`, so upserting a file again replaces its chunks instead of duplicating them.
+
+`embeddings`, `vectors` and `storage` are the platform adapters, or a plugin's governed
+views of them (the same methods); the vector store is called with `collection=` only, so
+a plugin's calls stay in its tenant's namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kblabs.mind.chunking import Chunk, chunk_lines
+from kblabs.mind.workspace import Workspace, looks_binary
+
+MANIFEST_VERSION = 1
+EMBED_BATCH = 64
+SAVE_EVERY = 200  # files between manifest saves
+SNIPPET_CHARS = 2000  # of each chunk kept in the store, shown in hits
+SNIPPET_LINES = 8
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
+
+Progress = Callable[[str, int, int, str], Awaitable[None] | None]
+"""progress(stage, done, total, path): stage is "scan", "embed" or "done"."""
+
+
+class MindError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class IndexReport:
+    index: str
+    root: str
+    files: int = 0  # indexed now (text files inside the limits)
+    unchanged: int = 0
+    embedded_files: list[str] = field(default_factory=list)
+    removed_files: list[str] = field(default_factory=list)
+    chunks: int = 0  # in the index after the run
+    chunks_embedded: int = 0
+    skipped_binary: int = 0
+    skipped_large: int = 0
+    ignored: int = 0
+    duration_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "root": self.root,
+            "files": self.files,
+            "unchanged": self.unchanged,
+            "filesEmbedded": len(self.embedded_files),
+            "filesRemoved": len(self.removed_files),
+            "removed": self.removed_files[:100],
+            "chunks": self.chunks,
+            "chunksEmbedded": self.chunks_embedded,
+            "skippedBinary": self.skipped_binary,
+            "skippedLarge": self.skipped_large,
+            "ignored": self.ignored,
+            "durationMs": round(self.duration_ms, 1),
+        }
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    start_line: int
+    end_line: int
+    score: float
+    snippet: str
+    snippet_line: int  # the first line of the snippet
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "startLine": self.start_line,
+            "endLine": self.end_line,
+            "score": round(self.score, 4),
+            "snippet": self.snippet,
+            "snippetLine": self.snippet_line,
+        }
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise MindError(
+            "MIND_INDEX_NAME_INVALID",
+            f"index name {name!r}: use 1-64 letters, digits, '-' or '_'",
+        )
+    return name
+
+
+def words(text: str) -> set[str]:
+    """Lower-case identifier parts: `parseConfigFile` → parse, config, file."""
+    return {w.lower() for w in WORD.findall(text)}
+
+
+def best_window(text: str, query_words: set[str], start_line: int) -> tuple[str, int]:
+    """The `SNIPPET_LINES` lines of a chunk that mention the query's words most."""
+    lines = text.splitlines()
+    if len(lines) <= SNIPPET_LINES:
+        return text, start_line
+    scores = [len(words(line) & query_words) for line in lines]
+    best = max(range(len(lines)), key=lambda i: (scores[i], -i))
+    first = max(0, min(best - 2, len(lines) - SNIPPET_LINES))
+    return "\n".join(lines[first : first + SNIPPET_LINES]), start_line + first
+
+
+class MindIndex:
+    def __init__(
+        self,
+        *,
+        embeddings: Any,
+        vectors: Any,
+        storage: Any,
+        name: str = "default",
+        namespace: str = "default",
+    ) -> None:
+        if embeddings is None or vectors is None or storage is None:
+            missing = [
+                token
+                for token, adapter in (
+                    ("embeddings", embeddings),
+                    ("vectorStore", vectors),
+                    ("storage", storage),
+                )
+                if adapter is None
+            ]
+            raise MindError(
+                "MIND_ADAPTERS_MISSING",
+                f"mind needs the {', '.join(missing)} adapter(s); they are configured by "
+                "default, so check platform.adapters in kb.config.json",
+            )
+        self.embeddings = embeddings
+        self.vectors = vectors
+        self.storage = storage
+        self.name = check_name(name)
+        self.collection = f"mind-{self.name}"
+        self.manifest_path = f"mind/{namespace}/{self.name}.json"
+
+    # --- manifest ----------------------------------------------------------------------
+
+    async def load_manifest(self) -> dict[str, Any] | None:
+        raw = await self.storage.read(self.manifest_path)
+        if raw is None:
+            return None
+        try:
+            manifest = json.loads(raw)
+        except ValueError:
+            return None  # a damaged manifest: rebuild rather than trust it
+        return manifest if manifest.get("version") == MANIFEST_VERSION else None
+
+    async def _save(self, manifest: dict[str, Any]) -> None:
+        manifest["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        await self.storage.write(self.manifest_path, json.dumps(manifest).encode())
+
+    # --- indexing ----------------------------------------------------------------------
+
+    async def index(
+        self, workspace: Workspace, progress: Progress | None = None, *, rebuild: bool = False
+    ) -> IndexReport:
+        started = time.perf_counter()
+        report = IndexReport(self.name, workspace.root)
+        manifest = None if rebuild else await self.load_manifest()
+        if manifest is None or manifest.get("root") != workspace.root:
+            if manifest is not None or rebuild:
+                await self.vectors.drop_collection(collection=self.collection)
+            manifest = {"version": MANIFEST_VERSION, "root": workspace.root, "files": {}}
+        await _report(progress, "scan", 0, 0, "")
+        listing = await workspace.files()
+        report.skipped_large, report.ignored = len(listing.skipped_large), listing.ignored
+        known: dict[str, Any] = manifest["files"]
+        batch = _Batch(self, manifest, report)
+        seen: set[str] = set()
+        total = len(listing.files)
+        for done, source in enumerate(listing.files, 1):
+            try:
+                data = await workspace.read(source.path)
+            except OSError:
+                continue  # vanished since the listing: its old chunks go below
+            if looks_binary(data):
+                report.skipped_binary += 1
+                continue
+            seen.add(source.path)
+            report.files += 1
+            digest = hashlib.sha256(data).hexdigest()
+            if known.get(source.path, {}).get("hash") == digest:
+                report.unchanged += 1
+            else:
+                text = data.decode("utf-8", "replace")
+                await batch.add(source.path, digest, chunk_lines(text))
+            if done % SAVE_EVERY == 0:
+                await batch.flush()
+                await self._save(manifest)
+            await _report(progress, "embed", done, total, source.path)
+        await batch.flush()
+        gone = sorted(set(known) - seen)
+        for path in gone:
+            chunk_ids = known.pop(path)["chunks"]
+            if chunk_ids:
+                await self.vectors.delete(chunk_ids, collection=self.collection)
+        report.removed_files = gone
+        report.chunks = sum(len(entry["chunks"]) for entry in known.values())
+        await self._save(manifest)
+        report.duration_ms = (time.perf_counter() - started) * 1000
+        await _report(progress, "done", total, total, "")
+        return report
+
+    # --- querying ----------------------------------------------------------------------
+
+    async def query(self, text: str, limit: int = 10) -> list[Hit]:
+        if not text.strip():
+            raise MindError("MIND_QUERY_EMPTY", "the query is empty")
+        if await self.load_manifest() is None:
+            raise MindError(
+                "MIND_INDEX_NOT_FOUND",
+                f"there is no index {self.name!r} yet: run `python -m kblabs mind index` first",
+            )
+        vector = await self.embeddings.embed(text)
+        matches = await self.vectors.search(vector, limit, collection=self.collection)
+        query_words = words(text)
+        hits = []
+        for match in matches:
+            meta = match.get("metadata") or {}
+            snippet, line = best_window(str(meta.get("text", "")), query_words, meta["startLine"])
+            hits.append(
+                Hit(meta["path"], meta["startLine"], meta["endLine"], match["score"], snippet, line)
+            )
+        return hits
+
+    async def status(self) -> dict[str, Any]:
+        manifest = await self.load_manifest()
+        if manifest is None:
+            return {"index": self.name, "exists": False}
+        files = manifest["files"]
+        return {
+            "index": self.name,
+            "exists": True,
+            "root": manifest.get("root"),
+            "files": len(files),
+            "chunks": sum(len(entry["chunks"]) for entry in files.values()),
+            "dimensions": manifest.get("dimensions"),
+            "updatedAt": manifest.get("updatedAt"),
+        }
+
+
+class _Batch:
+    """Chunks waiting to be embedded, written to the store `EMBED_BATCH` at a time. A
+    file's manifest entry changes only after all of its chunks are stored."""
+
+    def __init__(self, index: MindIndex, manifest: dict[str, Any], report: IndexReport) -> None:
+        self.index = index
+        self.manifest = manifest
+        self.report = report
+        self.pending: list[tuple[str, int, Chunk]] = []
+        self.files: list[tuple[str, str, int]] = []  # (path, hash, chunk count)
+
+    async def add(self, path: str, digest: str, chunks: Sequence[Chunk]) -> None:
+        self.pending.extend((path, n, chunk) for n, chunk in enumerate(chunks))
+        self.files.append((path, digest, len(chunks)))
+        self.report.embedded_files.append(path)
+        if len(self.pending) >= EMBED_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.files:
+            return
+        index, known = self.index, self.manifest["files"]
+        if self.pending:
+            texts = [f"{path}\n{chunk.text}" for path, _, chunk in self.pending]
+            vectors = await index.embeddings.embed_batch(texts)
+            self._check_dimensions(len(vectors[0]))
+            records = [
+                {
+                    "id": f"{path}#{n}",
+                    "vector": vector,
+                    "metadata": {
+                        "path": path,
+                        "startLine": chunk.start_line,
+                        "endLine": chunk.end_line,
+                        "text": chunk.text[:SNIPPET_CHARS],
+                    },
+                }
+                for (path, n, chunk), vector in zip(self.pending, vectors, strict=True)
+            ]
+            await index.vectors.upsert(records, collection=index.collection)
+            self.report.chunks_embedded += len(records)
+        for path, digest, count in self.files:
+            new_ids = [f"{path}#{n}" for n in range(count)]
+            stale = [i for i in known.get(path, {}).get("chunks", []) if i not in set(new_ids)]
+            if stale:
+                await index.vectors.delete(stale, collection=index.collection)
+            known[path] = {"hash": digest, "chunks": new_ids}
+        self.pending, self.files = [], []
+
+    def _check_dimensions(self, dimensions: int) -> None:
+        recorded = self.manifest.setdefault("dimensions", dimensions)
+        if recorded != dimensions:
+            raise MindError(
+                "MIND_DIMENSIONS_CHANGED",
+                f"index {self.index.name!r} holds {recorded}-dimension vectors but the "
+                f"embeddings adapter now gives {dimensions}: re-index with --rebuild",
+            )
+
+
+async def _report(progress: Progress | None, stage: str, done: int, total: int, path: str) -> None:
+    if progress is not None:
+        result = progress(stage, done, total, path)
+        if result is not None:
+            await result

@@ -1,0 +1,105 @@
+"""Which files of a folder `mind` reads: `.gitignore` respected, binaries and large files
+skipped, never leaving the folder.
+
+A workspace is anything with `files()` and `read()`; `LocalWorkspace` is a folder on
+this machine (the host agent's workspace is the other kind). Walking and reading are
+blocking and run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kblabs.mind.ignore import IgnoreRules
+
+# Never indexed, whatever .gitignore says: version control and the platform's own data.
+ALWAYS_SKIPPED = frozenset({".git", ".hg", ".svn", ".kb", "__pycache__"})
+DEFAULT_MAX_FILE_BYTES = 512 * 1024
+BINARY_SNIFF_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative to the workspace root, `/`-separated
+    size: int
+
+
+@dataclass
+class Listing:
+    files: list[SourceFile] = field(default_factory=list)
+    skipped_large: list[str] = field(default_factory=list)
+    ignored: int = 0  # files and folders left out by .gitignore
+
+
+class Workspace(Protocol):
+    root: str
+
+    async def files(self) -> Listing: ...
+
+    async def read(self, path: str) -> bytes: ...
+
+
+def looks_binary(data: bytes) -> bool:
+    """Git's rule: a NUL byte near the start means binary."""
+    return b"\0" in data[:BINARY_SNIFF_BYTES]
+
+
+class LocalWorkspace:
+    def __init__(self, root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
+        self.path = root.resolve()
+        self.root = str(self.path)
+        self.max_file_bytes = max_file_bytes
+
+    async def files(self) -> Listing:
+        return await asyncio.to_thread(self._walk)
+
+    async def read(self, path: str) -> bytes:
+        return await asyncio.to_thread(self._read, path)
+
+    def _read(self, path: str) -> bytes:
+        target = (self.path / path).resolve()
+        if not target.is_relative_to(self.path):  # a symlink pointing out of the folder
+            raise PermissionError(f"{path} leaves the workspace")
+        return target.read_bytes()
+
+    def _walk(self) -> Listing:
+        listing = Listing()
+        rules = IgnoreRules()
+        for folder, dirs, names in os.walk(self.path):
+            relative = Path(folder).relative_to(self.path).as_posix()
+            relative = "" if relative == "." else relative
+            if ".gitignore" in names:
+                with contextlib.suppress(OSError):  # unreadable: as if absent
+                    rules.add(relative, (Path(folder) / ".gitignore").read_text("utf-8", "replace"))
+            kept = []
+            for name in sorted(dirs):
+                path = f"{relative}/{name}" if relative else name
+                if name in ALWAYS_SKIPPED or os.path.islink(os.path.join(folder, name)):
+                    continue
+                if rules.ignored(path, is_dir=True):
+                    listing.ignored += 1
+                    continue
+                kept.append(name)
+            dirs[:] = kept  # os.walk descends only into these
+            for name in sorted(names):
+                path = f"{relative}/{name}" if relative else name
+                if rules.ignored(path, is_dir=False):
+                    listing.ignored += 1
+                    continue
+                full = os.path.join(folder, name)
+                try:
+                    if os.path.islink(full) and not Path(full).resolve().is_relative_to(self.path):
+                        continue
+                    size = os.stat(full).st_size
+                except OSError:
+                    continue  # vanished or unreadable: not ours to report
+                if size > self.max_file_bytes:
+                    listing.skipped_large.append(path)
+                    continue
+                listing.files.append(SourceFile(path, size))
+        return listing
