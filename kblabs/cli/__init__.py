@@ -15,6 +15,7 @@ from kblabs.cli import (
     config_cmd,
     marketplace_cmd,
     migrate_cmd,
+    mind_cmd,
     plugin_cmd,
     serve_cmd,
     status_cmd,
@@ -38,6 +39,7 @@ COMMANDS = (
     plugin_cmd,
     marketplace_cmd,
     workflow_cmd,
+    mind_cmd,
     version_cmd,
 )
 
