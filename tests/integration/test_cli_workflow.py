@@ -103,11 +103,12 @@ def test_list(server: LiveServer) -> None:
     assert ["hello", "Hello", "standalone", "active"] in rows
     assert ["gated", "Gated", "standalone", "active"] in rows
 
-    listed = cli_json(server, "workflow", "list")
+    listed = cli_json(server, "workflow", "list", "--source", "standalone")
     assert listed["ok"] is True and listed["total"] == 3
     assert {w["id"] for w in listed["workflows"]} == {"hello", "broken", "gated"}
     assert {"id", "name", "source", "status"} <= set(listed["workflows"][0])
-    assert cli_json(server, "workflow", "list", "--source", "plugin")["workflows"] == []
+    from_plugins = cli_json(server, "workflow", "list", "--source", "manifest")["workflows"]
+    assert {w["id"] for w in from_plugins} == {"@kb-labs/mind/index", "@kb-labs/mind/query"}
 
 
 def test_run_wait_success_then_show_logs_runs(server: LiveServer) -> None:
