@@ -16,7 +16,9 @@
 | eventBus    | inprocess   | inprocess, null     |
 | logger      | loguru      | loguru, null        |
 | analytics   | sqlite      | sqlite, null        |
-| llm, embeddings, vectorStore | not configured | none yet (interfaces only) |
+| llm         | not configured | openai (any OpenAI-compatible endpoint) |
+| embeddings  | not configured | openai (any OpenAI-compatible endpoint) |
+| vectorStore | not configured | none yet (interfaces only) |
 
 An unknown name, or bad options, stop the start with a StartupError that names the
 token. `state` belongs to the state broker and is skipped here; any other token is
@@ -119,8 +121,8 @@ BUILTINS: dict[str, dict[str, FactoryRef]] = {
     "storage": {"fs": _fs_storage, "null": _null(NullStorage)},
     "eventBus": {"inprocess": _inprocess_bus, "null": _null(NullEventBus)},
     "analytics": {"sqlite": _sql_analytics, "null": _null(NullAnalytics)},
-    "llm": {},
-    "embeddings": {},
+    "llm": {"openai": "kblabs.platform.adapters.openai_llm:build"},
+    "embeddings": {"openai": "kblabs.platform.adapters.openai_embeddings:build"},
     "vectorStore": {},
 }
 
