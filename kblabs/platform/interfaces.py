@@ -256,6 +256,10 @@ class Embeddings(Protocol):
         """Same order as `texts`; all or nothing."""
         ...
 
+    def get_dimensions(self) -> int:
+        """The length of every vector this adapter returns (= `dimensions`)."""
+        ...
+
 
 class VectorRecord(TypedDict, total=False):
     id: str  # required
@@ -264,6 +268,9 @@ class VectorRecord(TypedDict, total=False):
 
 
 class VectorFilter(TypedDict):
+    """`field` is a metadata key (a dotted path reaches into nested objects). `ne` and
+    `nin` also select records that lack the field; the others need it."""
+
     field: str
     operator: Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin"]
     value: Any
@@ -277,12 +284,36 @@ class VectorMatch(TypedDict):
 
 @runtime_checkable
 class VectorStore(Protocol):
+    """Records live in collections, and collections in namespaces (tenants): a call sees
+    only its own `namespace`/`collection` pair. Optional extras, looked up with getattr:
+    `get(ids, *, namespace, collection) -> list[VectorRecord]` and
+    `drop_collection(*, namespace, collection) -> bool`."""
+
     async def search(
-        self, vector: Sequence[float], limit: int, filter: VectorFilter | None = None
-    ) -> list[VectorMatch]: ...
+        self,
+        vector: Sequence[float],
+        limit: int,
+        filter: VectorFilter | Sequence[VectorFilter] | None = None,
+        *,
+        namespace: str = "default",
+        collection: str = "default",
+    ) -> list[VectorMatch]:
+        """`filter`: one condition or a list of them, all of which must hold. A
+        collection that does not exist gives []."""
+        ...
 
-    async def upsert(self, records: Sequence[VectorRecord]) -> None: ...
+    async def upsert(
+        self,
+        records: Sequence[VectorRecord],
+        *,
+        namespace: str = "default",
+        collection: str = "default",
+    ) -> None:
+        """Insert or replace by `id`; the collection is created by the first upsert."""
+        ...
 
-    async def delete(self, ids: Sequence[str]) -> None: ...
+    async def delete(
+        self, ids: Sequence[str], *, namespace: str = "default", collection: str = "default"
+    ) -> None: ...
 
-    async def count(self) -> int: ...
+    async def count(self, *, namespace: str = "default", collection: str = "default") -> int: ...

@@ -16,9 +16,13 @@
 | eventBus    | inprocess   | inprocess, null     |
 | logger      | loguru      | loguru, null        |
 | analytics   | sqlite      | sqlite, null        |
+| embeddings  | hashed      | hashed, local, openai |
+| vectorStore | qdrant      | qdrant              |
 | llm         | not configured | openai (any OpenAI-compatible endpoint) |
-| embeddings  | not configured | openai (any OpenAI-compatible endpoint) |
-| vectorStore | not configured | none yet (interfaces only) |
+
+`embeddings: hashed` is lexical (feature-hashed words and 3-grams, no model);
+`vectorStore: qdrant` is Qdrant's local mode in `<data dir>/qdrant`, or a Qdrant server
+when `QDRANT_URL` is set. Both open nothing until first used.
 
 An unknown name, or bad options, stop the start with a StartupError that names the
 token. `state` belongs to the state broker and is skipped here; any other token is
@@ -65,6 +69,8 @@ EMBEDDED_DEFAULTS = {
     "storage": "fs",
     "eventBus": "inprocess",
     "analytics": "sqlite",
+    "embeddings": "hashed",
+    "vectorStore": "qdrant",
 }
 OWNED_ELSEWHERE = frozenset({"state"})  # platform.adapters.state: kblabs.state
 
@@ -122,8 +128,12 @@ BUILTINS: dict[str, dict[str, FactoryRef]] = {
     "eventBus": {"inprocess": _inprocess_bus, "null": _null(NullEventBus)},
     "analytics": {"sqlite": _sql_analytics, "null": _null(NullAnalytics)},
     "llm": {"openai": "kblabs.platform.adapters.openai_llm:build"},
-    "embeddings": {"openai": "kblabs.platform.adapters.openai_embeddings:build"},
-    "vectorStore": {},
+    "embeddings": {
+        "hashed": "kblabs.platform.adapters.hashed_embeddings:build",
+        "local": "kblabs.platform.adapters.local_embeddings:build",
+        "openai": "kblabs.platform.adapters.openai_embeddings:build",
+    },
+    "vectorStore": {"qdrant": "kblabs.platform.adapters.qdrant_vectors:build"},
 }
 
 
