@@ -97,26 +97,15 @@ class Remote:
 async def local_mind(ctx: CliContext, name: str) -> AsyncIterator[Any]:
     """A MindIndex on adapters started in this process."""
     from kblabs.mind.index import MindIndex
-    from kblabs.platform.registry import AdapterRegistry
-    from kblabs.store import Store
+    from kblabs.platform.standalone import started_adapters
 
-    settings = ctx.settings()
-    store = Store(settings, record_boot=False)
-    adapters = AdapterRegistry(settings, store)
-    await store.start()
-    try:
-        await adapters.start()
-        try:
-            yield MindIndex(
-                embeddings=adapters.get("embeddings"),
-                vectors=adapters.get("vectorStore"),
-                storage=adapters.get("storage"),
-                name=name,
-            )
-        finally:
-            await adapters.stop()
-    finally:
-        await store.stop()
+    async with started_adapters(ctx.settings()) as adapters:
+        yield MindIndex(
+            embeddings=adapters.get("embeddings"),
+            vectors=adapters.get("vectorStore"),
+            storage=adapters.get("storage"),
+            name=name,
+        )
 
 
 # --- commands --------------------------------------------------------------------------
@@ -202,7 +191,7 @@ def _run(ctx: CliContext, remote: Any, local: Any) -> dict[str, Any] | None:
     error was reported."""
     from kblabs.cli.server_api import Api, ApiError, NoToken, Unreachable, token_for
     from kblabs.cli.status_cmd import server_url
-    from kblabs.errors import KbError
+    from kblabs.errors import KbError, StartupError
     from kblabs.mind.index import MindError
 
     async def main() -> dict[str, Any]:
@@ -233,6 +222,8 @@ def _run(ctx: CliContext, remote: Any, local: Any) -> dict[str, Any] | None:
         ctx.output.failure(str(exc), code="UNREACHABLE")
     except (MindError, KbError) as exc:
         ctx.output.failure(exc.message, code=exc.code)
+    except StartupError as exc:
+        ctx.output.failure(str(exc), code="STARTUP_FAILED")
     return None
 
 

@@ -154,24 +154,13 @@ async def _execute(
 
 @contextlib.asynccontextmanager
 async def _local_adapters(settings, wanted: bool) -> AsyncIterator[Any]:
-    """The platform adapters of the configuration, started in this process, so that a
-    command's `ctx.platform.llm` (and the others) work without a server; only for a
-    plugin that asks for platform services. The store is migrated like the server's
-    (a no-op when the server did it) but records no boot: the CLI is not the server."""
+    """The configured adapters, started in this process, so that a command's
+    `ctx.platform.llm` (and the others) work without a server; only for a plugin that
+    asks for platform services."""
     if not wanted:
         yield None
         return
-    from kblabs.platform.registry import AdapterRegistry
-    from kblabs.store import Store
+    from kblabs.platform.standalone import started_adapters
 
-    store = Store(settings, record_boot=False)
-    adapters = AdapterRegistry(settings, store)
-    await store.start()
-    try:
-        await adapters.start()
-        try:
-            yield adapters
-        finally:
-            await adapters.stop()
-    finally:
-        await store.stop()
+    async with started_adapters(settings) as adapters:
+        yield adapters

@@ -33,6 +33,12 @@ SNIPPET_CHARS = 2000  # of each chunk kept in the store, shown in hits
 SNIPPET_LINES = 8
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIN_IDENTIFIER = 3
+EXACT_BONUS = 0.25  # at most this much, when every identifier of the query is in a chunk
+CANDIDATES_PER_HIT = 4  # vector hits re-ranked per hit returned…
+MIN_CANDIDATES = 40  # …and at least this many
+MAX_NAMES = 300  # identifiers kept per chunk for exact lookups
 
 Progress = Callable[[str, int, int, str], Awaitable[None] | None]
 """progress(stage, done, total, path): stage is "scan", "embed" or "done"."""
@@ -110,6 +116,22 @@ def check_name(name: str) -> str:
 def words(text: str) -> set[str]:
     """Lower-case identifier parts: `parseConfigFile` → parse, config, file."""
     return {w.lower() for w in WORD.findall(text)}
+
+
+def identifiers(text: str) -> set[str]:
+    """Identifier-like words, lower-cased (`parse_config`, `loaduser`, `config`)."""
+    return {w.lower() for w in IDENTIFIER.findall(text) if len(w) >= MIN_IDENTIFIER}
+
+
+def exact_bonus(names: set[str], body: str, path: str) -> float:
+    """Extra score for a chunk that contains the query's identifiers verbatim. Vectors
+    find the neighbourhood; a name typed exactly is the strongest signal a code search
+    gets, and similar-looking names must not outrank it. (The chunk's `names` payload
+    lets the store find such chunks even when the vector ranks them low.)"""
+    if not names:
+        return 0.0
+    present = identifiers(body + " " + path)
+    return EXACT_BONUS * len(names & present) / len(names)
 
 
 def best_window(text: str, query_words: set[str], start_line: int) -> tuple[str, int]:
@@ -234,16 +256,22 @@ class MindIndex:
                 f"there is no index {self.name!r} yet: run `python -m kblabs mind index` first",
             )
         vector = await self.embeddings.embed(text)
-        matches = await self.vectors.search(vector, limit, collection=self.collection)
+        pool = max(limit * CANDIDATES_PER_HIT, MIN_CANDIDATES)
+        matches = await self.vectors.search(vector, pool, collection=self.collection)
+        names = identifiers(text)
+        if names:  # and the chunks that contain a name of the query verbatim
+            exact = {"field": "names", "operator": "in", "value": sorted(names)}
+            matches += await self.vectors.search(vector, pool, exact, collection=self.collection)
         query_words = words(text)
         hits = []
-        for match in matches:
+        for match in {m["id"]: m for m in matches}.values():
             meta = match.get("metadata") or {}
-            snippet, line = best_window(str(meta.get("text", "")), query_words, meta["startLine"])
-            hits.append(
-                Hit(meta["path"], meta["startLine"], meta["endLine"], match["score"], snippet, line)
-            )
-        return hits
+            body = str(meta.get("text", ""))
+            snippet, line = best_window(body, query_words, meta["startLine"])
+            score = match["score"] + exact_bonus(names, body, meta["path"])
+            hits.append(Hit(meta["path"], meta["startLine"], meta["endLine"], score, snippet, line))
+        hits.sort(key=lambda hit: -hit.score)
+        return hits[:limit]
 
     async def status(self) -> dict[str, Any]:
         manifest = await self.load_manifest()
@@ -296,6 +324,7 @@ class _Batch:
                         "startLine": chunk.start_line,
                         "endLine": chunk.end_line,
                         "text": chunk.text[:SNIPPET_CHARS],
+                        "names": sorted(identifiers(chunk.text))[:MAX_NAMES],
                     },
                 }
                 for (path, n, chunk), vector in zip(self.pending, vectors, strict=True)
