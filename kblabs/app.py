@@ -35,12 +35,16 @@ URL map (ARCHITECTURE §3); modules that do not exist yet are simply not mounted
     /api/v1/hooks/{workflowId}         signed webhook starts a workflow        HMAC signature
     /api/v1/marketplace/…              install, update, enable, link, sync,    bearer (admin
                                        doctor (kb.marketplace/2 lock)          for writes)
+    /api/v1/analytics/events|stats     analytics events, counts, buffer/dlq    bearer
+    /api/v1/adapters/{a}/usage|daily-stats  adapter usage from analytics       bearer
+    /api/v1/logs[/stats|stream|{id}[/related]]  persisted logs, SSE tail       bearer (admin:
+                                                                               all records)
     /api/… (anything else)             plugin-declared routes (catch-all, last) bearer
     /api/v1/debug/*                    diagnostics, only with server.debugRoutes bearer
 
 Middleware, outermost first: see kblabs.http.middleware.
 Components start in this order and stop in the reverse (each is named in /ready):
-    data-dir → store → adapters → state → auth → plugins → plugin-runner → webhooks →
+    data-dir → store → log-store → adapters → state → auth → plugins → plugin-runner → webhooks →
     workflows → gateway → loop-lag-sampler
 Later modules slot in as ARCHITECTURE §2 orders them: store → adapters → state broker →
 plugin registry → workflow workers and scheduler.
@@ -81,7 +85,8 @@ from kblabs.lifecycle import Lifecycle
 from kblabs.marketplace import api as marketplace_api
 from kblabs.marketplace.lockfile import LockFile
 from kblabs.marketplace.service import Marketplace
-from kblabs.observability import debug, endpoints
+from kblabs.observability import analytics_api, debug, endpoints, logs_api
+from kblabs.observability.log_store import LogStore
 from kblabs.observability.looplag import LoopLagSampler
 from kblabs.observability.metrics import CpuPercent, Metrics
 from kblabs.platform import AdapterRegistry, PlatformContextMiddleware
@@ -125,6 +130,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     loop_lag = LoopLagSampler()
     metrics = Metrics(loop_lag)
     store = Store(settings, migrate=migrate)
+    log_store = LogStore(settings, store)
     adapters = AdapterRegistry(settings, store, metrics=metrics.registry)
     state = StateBroker(settings, metrics.registry)
     auth = AuthService(settings, store, state)
@@ -145,6 +151,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         [
             DataDir(settings.data_dir),
             store,
+            log_store,
             adapters,
             state,
             auth,
@@ -187,7 +194,17 @@ def worker_components(settings: Settings, *, migrate: bool = True) -> list[Any]:
     plugins.listeners.append(runner.on_registry_change)
     plugins.isolated = lambda plugin: runner.mode_for(plugin) == "subprocess"
     workflows = WorkflowEngine(settings, store, plugins=plugins, runner=runner, workers=True)
-    return [DataDir(settings.data_dir), store, adapters, state, plugins, runner, workflows]
+    log_store = LogStore(settings, store)
+    return [
+        DataDir(settings.data_dir),
+        store,
+        log_store,
+        adapters,
+        state,
+        plugins,
+        runner,
+        workflows,
+    ]
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
@@ -210,6 +227,8 @@ def routes(settings: Settings) -> list[BaseRoute]:
         *workflow_api.routes,
         *triggers_api.routes,
         *marketplace_api.routes,
+        *analytics_api.routes,
+        *logs_api.routes,
         *platform_info.routes,
         *studio_api.routes,
     ]
@@ -286,4 +305,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> Starlette:
     app.state.openapi_sources = [lambda: plugin_api.openapi_paths(runtime.plugins)]
     # coroutines run when draining starts: close WebSockets so they do not hold the drain
     app.state.on_drain = [runtime.executions.drain, runtime.hub.drain, runtime.workflows.drain]
+    log_store = next(c for c in runtime.lifecycle.components if isinstance(c, LogStore))
+    app.state.log_store = log_store  # read by kblabs.observability.logs_api
+    app.state.on_drain.append(log_store.drain)
     return app

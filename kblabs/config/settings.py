@@ -68,6 +68,24 @@ class ObservabilitySettings(Section):
     # Serve /metrics without a token (for a scraper on a private network).
     public_metrics: bool = False
     service_id: str = "kblabs"
+    # Analytics events older than this are deleted (checked hourly by the sqlite adapter).
+    analytics_retention_days: int = Field(default=90, ge=1)
+    # Log records at or above this level are kept in the store for /api/v1/logs
+    # ("off": none are kept); records older than logRetentionDays are deleted hourly.
+    log_persist_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = (
+        "info"
+    )
+    log_retention_days: int = Field(default=7, ge=1)
+    # Recent records held in memory for GET /api/v1/logs/stream; 0 turns the stream off.
+    log_buffer_size: int = Field(default=1000, ge=0, le=100_000)
+
+    @field_validator("log_persist_level", mode="before")
+    @classmethod
+    def _normalise_persist_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return LOG_LEVEL_ALIASES.get(lowered, lowered)
+        return value
 
 
 class CorsSettings(Section):

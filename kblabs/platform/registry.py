@@ -202,6 +202,8 @@ class AdapterRegistry:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        from kblabs.platform.usage import track_usage
+
         adapters = dict(self.settings.platform.adapters)
         options = self.settings.platform.adapter_options
         plan: dict[str, list[str]] = {}
@@ -225,6 +227,9 @@ class AdapterRegistry:
                     COMPONENT, f"{token} adapter {names[0]!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             started.append((token, adapter))
+            # usage tracking (kblabs.platform.usage): cache, storage, embeddings and the
+            # vector store record their calls into analytics once it has started
+            track_usage(started, plan)
         self._adapters = dict(started)
         self._choices = plan
         for token in adapters:

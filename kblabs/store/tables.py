@@ -315,3 +315,24 @@ leases = Table(
     Column("owner", String(128), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
+
+# --- log records (kblabs.observability.log_store): what GET /api/v1/logs reads ----------
+# `id` is ULID-like (time-ordered), so ordering by id is ordering by time. `level_no` is
+# loguru's number (debug 10, info 20, warning 30, error 40) for "this level or worse".
+
+log_records = Table(
+    "log_records",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False, index=True),
+    Column("level", String(16), nullable=False),
+    Column("level_no", Integer, nullable=False),
+    Column("message", String, nullable=False),  # unbounded (TEXT-like)
+    Column("module", String(256), nullable=True),
+    Column("plugin", String(256), nullable=True),
+    Column("request_id", String(128), nullable=True, index=True),
+    Column("trace_id", String(128), nullable=True, index=True),
+    Column("execution_id", String(128), nullable=True, index=True),
+    Column("namespace_id", String(64), nullable=True),
+    Column("fields", JSON, nullable=True),
+)
