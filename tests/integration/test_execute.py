@@ -181,7 +181,7 @@ async def test_platform_facades(server):
         json={"events": [{"source": "cli", "type": "x"}]},
         headers=server.auth,
     )
-    assert good.status_code == 503
+    assert good.status_code == 200 and good.json()["accepted"] == 1  # into sqlite analytics
 
 
 # --------------------------------------------------------------------------- a real host agent

@@ -21,10 +21,12 @@ from kblabs.platform import (
     AdapterRegistry,
     Analytics,
     Cache,
+    Embeddings,
     EventBus,
     Logger,
     PlatformContextMiddleware,
     Storage,
+    VectorStore,
     bind_platform,
     current_platform,
     use_analytics,
@@ -402,20 +404,25 @@ async def test_registry_defaults(tmp_path: Path, store: Store) -> None:
             "storage": "fs",
             "eventBus": "inprocess",
             "analytics": "sqlite",
+            "embeddings": "hashed",
+            "vectorStore": "qdrant",
         }
         assert isinstance(registry.get("cache"), Cache)
         assert isinstance(registry.get("storage"), Storage)
         assert isinstance(registry.get("eventBus"), EventBus)
         assert isinstance(registry.get("logger"), Logger)
         assert isinstance(registry.get("analytics"), Analytics)
-        for token in ("llm", "embeddings", "vectorStore", "state", "nonsense"):
+        assert isinstance(registry.get("embeddings"), Embeddings)
+        assert isinstance(registry.get("vectorStore"), VectorStore)
+        for token in ("llm", "state", "nonsense"):
             assert registry.get(token) is None
         storage = registry.get("storage")
         await storage.write("x.txt", b"1")
         assert (registry.settings.data_dir / "storage" / "x.txt").read_bytes() == b"1"
         assert registry.health() == (
             "ok",
-            "logger=loguru, cache=memory, storage=fs, eventBus=inprocess, analytics=sqlite",
+            "logger=loguru, cache=memory, storage=fs, eventBus=inprocess, analytics=sqlite, "
+            "embeddings=hashed, vectorStore=qdrant",
         )
     finally:
         await registry.stop()
@@ -433,6 +440,8 @@ async def test_registry_list_form_null_and_options(tmp_path: Path, store: Store)
                 "eventBus": "inprocess",
                 "logger": "null",
                 "state": "memory",  # the state broker's: not ours, no warning
+                "embeddings": None,
+                "vectorStore": None,
             },
             "adapterOptions": {
                 "cache": {"maxEntries": 1},  # for the primary (null has no options)
@@ -483,9 +492,9 @@ async def test_registry_storage_base_dir_relative_to_project_root(
             "platform.adapters.storage: unknown adapter 's3'; known: fs, null",
         ),
         (
-            {"llm": "openai"},
+            {"llm": "anthropic"},
             {},
-            "platform.adapters.llm: unknown adapter 'openai'; no llm adapter is built in yet",
+            "platform.adapters.llm: unknown adapter 'anthropic'; known: openai",
         ),
         ({"cache": []}, {}, "platform.adapters.cache must be an adapter name"),
         ({"eventBus": 3}, {}, "platform.adapters.eventBus must be an adapter name"),
@@ -549,7 +558,8 @@ async def test_registry_metrics(tmp_path: Path, store: Store) -> None:
     assert "platform_cache_hits_total 1.0" in text
     assert "platform_cache_misses_total 1.0" in text
     assert "platform_cache_entries 1.0" in text
-    assert "platform_analytics_buffered_events 0.0" in text
+    # the three cache calls are usage events waiting in the analytics buffer
+    assert "platform_analytics_buffered_events 3.0" in text
 
 
 # --- hooks ------------------------------------------------------------------------------
@@ -571,7 +581,9 @@ async def test_hooks_read_the_bound_registry(tmp_path: Path, store: Store) -> No
             assert use_event_bus() is registry.get("eventBus")
             assert use_analytics() is registry.get("analytics")
             assert use_logger() is registry.get("logger")
-            assert use_llm() is None and use_embeddings() is None and use_vector_store() is None
+            assert use_llm() is None  # not configured by default
+            assert use_embeddings() is registry.get("embeddings")
+            assert use_vector_store() is registry.get("vectorStore")
 
             async def in_a_task() -> Any:
                 return use_cache()
