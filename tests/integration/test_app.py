@@ -40,6 +40,7 @@ async def test_ready_reports_every_component(app_client):
     assert list(body["components"]) == [
         "data-dir",
         "store",
+        "log-store",
         "adapters",
         "state",
         "auth",
