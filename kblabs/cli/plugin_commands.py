@@ -90,7 +90,9 @@ def run_plugin_command(argv: list[str], settings, output) -> int | None:
         if as_json:
             print(json.dumps({"ok": False, "error": exc.to_dict()}))
         else:
-            output.errors.print(f"[red]{exc.code}:[/red] {exc.message}", markup=True)
+            from rich.text import Text  # a message is shown as written, never as markup
+
+            output.errors.print(Text.assemble((f"{exc.code}:", "red"), f" {exc.message}"))
         return ExitCode.FAILURE
     if as_json:
         print(json.dumps({"ok": True, "result": result}, default=str))

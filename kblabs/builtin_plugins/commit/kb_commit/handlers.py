@@ -50,13 +50,14 @@ async def _git(cwd: Path, *args: str) -> str:
         raise PluginError("GIT_TIMEOUT", message, 504) from None
     if process.returncode != 0:
         message = err.decode("utf-8", "replace").strip()
-        if "not a git repository" in message:
+        if "not a git repository" in message.lower():
             raise PluginError("NOT_A_GIT_REPOSITORY", f"{cwd} is not in a git repository", 400)
         raise PluginError("GIT_FAILED", f"git {' '.join(args)}: {message}", 500)
     return out.decode("utf-8", "replace")
 
 
 async def staged_diff(cwd: Path) -> str:
+    await _git(cwd, "rev-parse", "--show-toplevel")  # outside a repository: a clear error
     stat = await _git(cwd, "diff", "--cached", "--stat")
     if not stat.strip():
         raise PluginError(
