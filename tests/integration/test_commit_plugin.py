@@ -136,3 +136,13 @@ async def test_rest_route_retries_an_invalid_header_once(
             assert empty.status_code == 400 and empty.json()["error"]["code"] == "VALIDATION_ERROR"
             outside = await client.post(ROUTE, json={"path": "../.."}, headers=api.auth)
             assert outside.status_code == 400
+
+            # every LLM call of the plugin is in the usage report, with its tokens
+            usage = await client.get("/api/v1/adapters/llm/usage", headers=api.auth)
+            assert usage.status_code == 200, usage.text
+            report = usage.json()["data"]
+            assert report["totalCalls"] == 4 and report["failedCalls"] == 0
+            sent = sum(r.body["messages"].__len__() > 0 for r in openai_server.requests("chat"))
+            assert sent == 4 and report["promptTokens"] > 0 and report["completionTokens"] > 0
+            assert report["byModel"]["tiny-model"]["calls"] == 4
+            assert report["byTier"]["small"]["calls"] == 4
