@@ -139,7 +139,9 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     hub = HostHub(HostRegistry(store, timings.reconnect_grace_ms / 1000), state, timings)
     hub.client_capabilities = auth.client_capabilities
     plugins = PluginRegistry(LockFile.in_data_dir(settings.data_dir), settings.project_root)
-    runner = PluginRunner(settings, lambda: plugins.plugins, adapters=adapters, state=state)
+    runner = PluginRunner(
+        settings, lambda: plugins.plugins, adapters=adapters, state=state, hosts=hub
+    )
     plugins.listeners.append(runner.on_registry_change)  # lifecycle onLoad / onUnload
     plugins.isolated = lambda plugin: runner.mode_for(plugin) == "subprocess"
     webhooks = WebhookQueue(store, plugins, runner)

@@ -1,9 +1,9 @@
 """Which files of a folder `mind` reads: `.gitignore` respected, binaries and large files
 skipped, never leaving the folder.
 
-A workspace is anything with `files()` and `read()`; `LocalWorkspace` is a folder on
-this machine (the host agent's workspace is the other kind). Walking and reading are
-blocking and run in a worker thread.
+A workspace is anything with `files()` and `read()`: `LocalWorkspace` is a folder on
+this machine (walked and read in a worker thread), `HostWorkspace` a folder of a
+connected host agent's workspace, fetched through the gateway.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kblabs.mind.ignore import IgnoreRules
 
@@ -103,3 +104,63 @@ class LocalWorkspace:
                     continue
                 listing.files.append(SourceFile(path, size))
         return listing
+
+
+HostCall = Callable[..., Awaitable[Any]]
+"""call(capability, method, *args) on one host agent (`ctx.api.hosts.call` bound to it)."""
+HOST_MAX_FILES = 20_000  # the agent's fetchWorkspace limit
+
+
+class HostWorkspace:
+    """A folder of a host agent's workspace (a developer's laptop), fetched through the
+    gateway in one `filesystem.fetchWorkspace` call: text files only, each under the
+    agent's size limit, at most `HOST_MAX_FILES`. `.gitignore` rules are applied here to
+    what arrived, so the index holds the same files as for a local folder."""
+
+    def __init__(
+        self,
+        call: HostCall,
+        host_id: str,
+        path: str = ".",
+        *,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> None:
+        self.call = call
+        self.path = path
+        self.root = f"host:{host_id}:{path}"
+        self.max_file_bytes = max_file_bytes
+        self._content: dict[str, bytes] = {}
+
+    async def files(self) -> Listing:
+        fetched = await self.call("filesystem", "fetchWorkspace", self.path, HOST_MAX_FILES)
+        texts = {entry["path"]: entry["content"] for entry in fetched}
+        rules = IgnoreRules()
+        ignores = sorted((p for p in texts if p.rsplit("/", 1)[-1] == ".gitignore"), key=_depth)
+        for path in ignores:
+            rules.add(path.rpartition("/")[0], texts[path])
+        listing = Listing()
+        for path in sorted(texts):
+            parts = path.split("/")
+            if any(part in ALWAYS_SKIPPED for part in parts[:-1]):
+                continue
+            folders = ["/".join(parts[:n]) for n in range(1, len(parts))]
+            if any(rules.ignored(f, is_dir=True) for f in folders) or rules.ignored(path, False):
+                listing.ignored += 1
+                continue
+            data = texts[path].encode("utf-8")
+            if len(data) > self.max_file_bytes:
+                listing.skipped_large.append(path)
+                continue
+            self._content[path] = data
+            listing.files.append(SourceFile(path, len(data)))
+        return listing
+
+    async def read(self, path: str) -> bytes:
+        try:
+            return self._content[path]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+
+def _depth(path: str) -> int:
+    return path.count("/")

@@ -297,6 +297,28 @@ class Invoke(_Facade):
         return await self._call("call", target=target, input=input, timeout_ms=timeout_ms)
 
 
+class Hosts(_Facade):
+    async def call(
+        self,
+        host_id: str,
+        capability: str,
+        method: str,
+        *args: Any,
+        timeout_ms: int | None = None,
+    ) -> Any:
+        """Run `capability.method(*args)` on a host agent connected in this tenant
+        (`ctx.api.hosts.call(host, "filesystem", "readFile", "src/a.py")`); needs
+        `platform.hosts` (true, or capability prefixes). Server calls only."""
+        return await self._call(
+            "call",
+            host_id=host_id,
+            capability=capability,
+            method=method,
+            args=list(args),
+            timeout_ms=timeout_ms,
+        )
+
+
 class Lifecycle:
     def __init__(self) -> None:
         self.cleanups: list[Callable[[], Any]] = []
@@ -313,6 +335,7 @@ class Api:
         self.shell = Shell(transport, "shell")
         self.events = Events(transport, "events")
         self.invoke = Invoke(transport, "invoke")
+        self.hosts = Hosts(transport, "hosts")
         self.lifecycle = Lifecycle()
 
 

@@ -66,6 +66,7 @@ class Services:
     state: Any = None  # StateBroker | None
     ui: UiSink | None = None
     invoke: Invoker | None = None
+    hosts: Any = None  # HostHub | None: connected host agents (the server only)
 
     @property
     def plugin_id(self) -> str:
@@ -348,6 +349,25 @@ async def _emit(services: Services, args: dict[str, Any]) -> None:
     if bus is None:
         raise KbError("ADAPTER_NOT_CONFIGURED", "no event bus is configured", 503)
     await bus.publish(f"{services.plugin_id}:{name}", args.get("payload"))
+
+
+@operation("hosts.call")
+async def _host_call(services: Services, args: dict[str, Any]) -> Any:
+    """A capability of a host agent connected in the plugin's tenant, e.g.
+    `filesystem.fetchWorkspace` on a developer's laptop. The permission is
+    `platform.hosts`: true, or a list of capability prefixes (`["filesystem"]`)."""
+    capability, method = str(args["capability"]), str(args["method"])
+    services.guard.check_platform("hosts", f"{capability}.{method}")
+    if services.hosts is None:
+        raise KbError("HOSTS_UNAVAILABLE", "host agents are reachable only in the server", 503)
+    return await services.hosts.call(
+        services.tenant_id,
+        str(args["host_id"]),
+        capability,
+        method,
+        list(args.get("args") or []),
+        args.get("timeout_ms"),
+    )
 
 
 @operation("invoke.call")

@@ -68,12 +68,14 @@ class PluginRunner:
         *,
         adapters: Any = None,
         state: Any = None,
+        hosts: Any = None,
         ui: Callable[[str], UiSink] | None = None,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
         self.adapters = adapters
         self.state = state
+        self.hosts = hosts
         self.ui = ui or _log_ui
         self.execution = settings.platform.execution
         self.subprocess = SubprocessExecutor(self.execution.warm_workers)
@@ -184,6 +186,7 @@ class PluginRunner:
             state=self.state,
             ui=self.ui(plugin.id),
             invoke=lambda target, data, timeout: self.invoke(target, data, timeout, parent=call),
+            hosts=self.hosts,
         )
         if self.mode_for(plugin) == "subprocess":
             return await self.subprocess.run(request, services)

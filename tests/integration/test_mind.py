@@ -12,6 +12,7 @@ import pytest
 
 from kblabs.app import create_app
 from tests.conftest import AppClient, base_env, make_settings, run_cli
+from tests.integration.test_agent import agents as agents  # the fixture
 from tests.mind_repo import generate
 
 pytestmark = pytest.mark.anyio
@@ -184,3 +185,50 @@ def test_cli_works_alone_and_through_the_server(project: Path, live_server_facto
     assert shown.returncode == 0 and "pkg0/mod_0.py" in shown.stdout, shown.stderr
     outside = run_cli("mind", "index", str(Path(os.sep)), project=project, env=env)
     assert outside.returncode != 0 and "outside the project" in outside.stderr
+
+
+@pytest.mark.live
+def test_a_host_agents_workspace_is_indexed_through_the_gateway(
+    project: Path, tmp_path: Path, live_server_factory, agents
+):
+    from tests.integration.test_agent import (
+        SERVER_ENV,
+        agent_env,
+        register,
+        start_agent,
+        wait_online,
+    )
+
+    laptop = tmp_path / "laptop"
+    names = generate(laptop / "app", 25)
+    (laptop / ".gitignore").write_text("app/pkg1/\n")
+    server = live_server_factory(**SERVER_ENV).start()
+    env = agent_env(project, tmp_path / "agent.json")
+    host_id = register(server, project, env, laptop)["hostId"]
+    wait_online(server, host_id, start_agent(agents, project, env, tmp_path))
+
+    url = f"{server.url}{MIND}"
+    indexed = httpx.post(
+        f"{url}/index",
+        json={"hostId": host_id, "index": "laptop"},
+        headers=server.auth,
+        timeout=120,
+    )
+    assert indexed.status_code == 200, indexed.text
+    report = indexed.json()["data"]
+    assert report["root"] == f"host:{host_id}:."
+    in_pkg1 = [p for p in names if p.startswith("pkg1/")]
+    assert report["files"] == 1 + 25 - len(in_pkg1)  # .gitignore, and pkg1/ left out
+    assert report["ignored"] == len(in_pkg1)
+    found = httpx.get(
+        f"{url}/query",
+        params={"q": names["pkg2/mod_2.py"], "index": "laptop"},
+        headers=server.auth,
+    ).json()["data"]
+    assert "app/pkg2/mod_2.py" in top_paths(found)
+    assert not (project / "app").exists()  # nothing of the laptop's was copied here
+
+    unknown = httpx.post(
+        f"{url}/index", json={"hostId": "host-nope", "index": "laptop"}, headers=server.auth
+    )
+    assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "HOST_NOT_CONNECTED"

@@ -4,9 +4,10 @@ The plugin runs in the server process (built-ins are trusted platform code) and 
 the folder it indexes directly, in a worker thread: through `ctx.runtime.fs` every file
 would be one permission-checked operation, and a repository has thousands. The folder
 must be inside the call's working directory (the project root for REST and workflow
-calls), so a request cannot make it read anything else. Embeddings, vectors and the
-manifest go through `ctx.platform`, checked against the manifest's permissions, in the
-caller's namespace.
+calls), so a request cannot make it read anything else. With `hostId` the folder is in
+that host agent's workspace instead, fetched through the gateway (`ctx.api.hosts`).
+Embeddings, vectors and the manifest go through `ctx.platform`, checked against the
+manifest's permissions, in the caller's namespace.
 
 Progress of a running index is kept here, in memory, under the caller's `jobId`, and
 answered by `GET /index/progress`: the CLI polls it to draw its progress bar.
@@ -20,10 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from kblabs.mind.index import MindError, MindIndex
-from kblabs.mind.workspace import DEFAULT_MAX_FILE_BYTES, LocalWorkspace
+from kblabs.mind.workspace import (
+    DEFAULT_MAX_FILE_BYTES,
+    HostWorkspace,
+    LocalWorkspace,
+    Workspace,
+)
 from kblabs.sdk import PluginError
 
 MAX_TRACKED_JOBS = 100
+HOST_TIMEOUT_MS = 300_000  # one fetch of a whole workspace from a laptop
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
 STATUS_OF = {
@@ -51,10 +58,26 @@ def _plugin_error(exc: MindError) -> PluginError:
     return PluginError(exc.code, exc.message, STATUS_OF.get(exc.code, 400))
 
 
-def _workspace(ctx: Any, path: Any, max_file_bytes: Any) -> LocalWorkspace:
-    base = Path(ctx.cwd).resolve()
+def _workspace(ctx: Any, options: dict[str, Any]) -> Workspace:
+    path, host_id = options.get("path"), options.get("hostId")
     if path is not None and not isinstance(path, str):
         raise PluginError("VALIDATION_ERROR", "path must be a string", 400)
+    limit = options.get("maxFileBytes")
+    limit = DEFAULT_MAX_FILE_BYTES if limit is None else limit
+    if not isinstance(limit, int) or limit < 1:
+        raise PluginError("VALIDATION_ERROR", "maxFileBytes must be a positive integer", 400)
+    if host_id is not None:
+        if not isinstance(host_id, str) or not host_id:
+            raise PluginError("VALIDATION_ERROR", "hostId must be a host id", 400)
+
+        async def call(capability: str, method: str, *args: Any) -> Any:
+            return await ctx.api.hosts.call(
+                host_id, capability, method, *args, timeout_ms=HOST_TIMEOUT_MS
+            )
+
+        # the agent keeps the path inside its workspace (NOT_FOUND / outside: refused there)
+        return HostWorkspace(call, host_id, path or ".", max_file_bytes=limit)
+    base = Path(ctx.cwd).resolve()
     root = (base / (path or ".")).resolve()
     if not root.is_relative_to(base):
         raise PluginError(
@@ -62,9 +85,6 @@ def _workspace(ctx: Any, path: Any, max_file_bytes: Any) -> LocalWorkspace:
         )
     if not root.is_dir():
         raise PluginError("MIND_PATH_NOT_FOUND", f"no folder {root}", 404)
-    limit = DEFAULT_MAX_FILE_BYTES if max_file_bytes is None else max_file_bytes
-    if not isinstance(limit, int) or limit < 1:
-        raise PluginError("VALIDATION_ERROR", "maxFileBytes must be a positive integer", 400)
     return LocalWorkspace(root, max_file_bytes=limit)
 
 
@@ -79,7 +99,7 @@ def _track(key: str | None, **state: Any) -> None:
 
 async def run_index(ctx: Any, options: dict[str, Any]) -> dict[str, Any]:
     mind = _mind(ctx, options.get("index"))
-    workspace = _workspace(ctx, options.get("path"), options.get("maxFileBytes"))
+    workspace = _workspace(ctx, options)
     job = options.get("jobId")
     key = f"{ctx.tenant_id}:{job}" if job else None
     _track(key, state="running", stage="scan", done=0, total=0, path="")
