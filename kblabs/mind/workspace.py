@@ -18,8 +18,24 @@ from typing import Any, Protocol
 
 from kblabs.mind.ignore import IgnoreRules
 
-# Never indexed, whatever .gitignore says: version control and the platform's own data.
-ALWAYS_SKIPPED = frozenset({".git", ".hg", ".svn", ".kb", "__pycache__"})
+# Never indexed, whatever .gitignore says: version control, the platform's own data, and
+# installed or generated trees nobody searches (any folder holding a pyvenv.cfg counts
+# as a virtualenv too).
+ALWAYS_SKIPPED = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        ".kb",
+        "__pycache__",
+        "node_modules",
+        ".venv",
+        ".tox",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+    }
+)
 DEFAULT_MAX_FILE_BYTES = 512 * 1024
 BINARY_SNIFF_BYTES = 8192
 
@@ -80,7 +96,10 @@ class LocalWorkspace:
             kept = []
             for name in sorted(dirs):
                 path = f"{relative}/{name}" if relative else name
-                if name in ALWAYS_SKIPPED or os.path.islink(os.path.join(folder, name)):
+                full = os.path.join(folder, name)
+                if name in ALWAYS_SKIPPED or os.path.islink(full):
+                    continue
+                if os.path.exists(os.path.join(full, "pyvenv.cfg")):
                     continue
                 if rules.ignored(path, is_dir=True):
                     listing.ignored += 1
