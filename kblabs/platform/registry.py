@@ -55,6 +55,7 @@ from kblabs.platform.adapters.null import (
     NullStorage,
 )
 from kblabs.platform.adapters.sql_analytics import SqlAnalytics, SqlAnalyticsOptions
+from kblabs.platform.installed import InstalledAdapter, installed_adapters
 from kblabs.platform.interfaces import Analytics, Cache, EventBus, Logger, Storage
 from kblabs.platform.options import parse_options
 from kblabs.store import Store
@@ -137,7 +138,12 @@ BUILTINS: dict[str, dict[str, FactoryRef]] = {
 }
 
 
-def selection(token: str, adapters: dict[str, Any]) -> list[str] | None:
+Installed = dict[tuple[str, str], InstalledAdapter]
+
+
+def selection(
+    token: str, adapters: dict[str, Any], installed: Installed | None = None
+) -> list[str] | None:
     """The adapter names configured for `token` (first = primary), None when off."""
     if token not in adapters:
         default = EMBEDDED_DEFAULTS.get(token)
@@ -153,25 +159,22 @@ def selection(token: str, adapters: dict[str, Any]) -> list[str] | None:
             f"or null, not {value!r}",
         )
     for name in names:
-        factory_for(token, name)  # an unknown name fails now, not when first used
+        factory_for(token, name, installed)  # an unknown name fails now, not when first used
     return names
 
 
-def factory_for(token: str, name: str) -> Factory:
+def factory_for(token: str, name: str, installed: Installed | None = None) -> Factory:
+    """A built-in first, then an adapter installed through the marketplace."""
     known = BUILTINS[token]
     if name in known:
         return _resolve(known[name])
-    # Adapters from installed packages will be looked up here (the marketplace lock, or
-    # an entry-point group such as "kblabs.adapters"), before giving up.
-    if not known:
-        raise StartupError(
-            COMPONENT,
-            f"platform.adapters.{token}: unknown adapter {name!r}; no {token} adapter is "
-            f"built in yet (leave {token} out or set it to null)",
-        )
+    if installed and (token, name) in installed:
+        return cast(Factory, installed[(token, name)].load())
+    names = [*known, *(n for t, n in (installed or {}) if t == token)]
     raise StartupError(
         COMPONENT,
-        f"platform.adapters.{token}: unknown adapter {name!r}; known: {', '.join(known)}",
+        f"platform.adapters.{token}: unknown adapter {name!r}; known: {', '.join(names)} "
+        f"(installed adapters are entry points '{token}.<name>' in group kb_labs.adapters)",
     )
 
 
@@ -207,15 +210,17 @@ class AdapterRegistry:
         adapters = dict(self.settings.platform.adapters)
         options = self.settings.platform.adapter_options
         plan: dict[str, list[str]] = {}
+        installed = installed_adapters(self.settings.data_dir, self.settings.project_root)
         for token in TOKENS:
-            names = selection(token, adapters)
+            names = selection(token, adapters, installed)
             if names is not None:
                 plan[token] = names
         started: list[tuple[str, Any]] = []
         context = AdapterContext(self.settings, self.store, lambda token: dict(started).get(token))
         for token, names in plan.items():
             try:
-                adapter = factory_for(token, names[0])(token, options.get(token), context)
+                factory = factory_for(token, names[0], installed)
+                adapter = factory(token, options.get(token), context)
                 start = getattr(adapter, "start", None)
                 if start is not None:
                     await start()
