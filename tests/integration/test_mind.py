@@ -232,3 +232,35 @@ def test_a_host_agents_workspace_is_indexed_through_the_gateway(
         f"{url}/index", json={"hostId": "host-nope", "index": "laptop"}, headers=server.auth
     )
     assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "HOST_NOT_CONNECTED"
+
+
+async def test_the_workflow_handlers_index_and_query(app_client: AppClient, project: Path):
+    import asyncio
+    from urllib.parse import quote
+
+    names = generate(project / "src", 10)
+
+    async def run(workflow: str, inputs: dict) -> dict:
+        started = await app_client.client.post(
+            f"/api/v1/workflows/{quote(workflow, safe='')}/runs",
+            json={"inputs": inputs},
+            headers=app_client.auth,
+        )
+        assert started.status_code in (200, 201, 202), started.text
+        run_id = started.json()["data"]["runId"]
+        for _ in range(300):
+            got = await app_client.client.get(f"/api/v1/runs/{run_id}", headers=app_client.auth)
+            run = got.json()["data"]["run"]
+            if run["status"] in ("success", "failed", "dlq", "cancelled"):
+                return run
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"run {run_id} did not finish")
+
+    indexed = await run("@kb-labs/mind/index", {"path": "src", "index": "wf"})
+    assert indexed["status"] == "success", indexed
+    step = indexed["jobs"][0]["steps"][0]
+    assert step["outputs"]["files"] == 10 and step["outputs"]["index"] == "wf"
+    queried = await run("@kb-labs/mind/query", {"q": names["pkg3/mod_3.py"], "index": "wf"})
+    assert queried["status"] == "success", queried
+    hits = queried["jobs"][0]["steps"][0]["outputs"]["hits"]
+    assert hits[0]["path"] == "pkg3/mod_3.py"
