@@ -92,6 +92,28 @@ def environment(project_root: Any) -> dict[str, str]:
     return effective_environ(project_root, os.environ)
 
 
+def resolve_endpoint(
+    token: str, base_url: str | None, api_key: str | None, project_root: Any
+) -> tuple[str, str | None]:
+    """(base URL, API key) from the options, else OPENAI_BASE_URL / OPENAI_API_KEY (the
+    environment, then the project's .env). OpenAI itself without a key stops the start;
+    another endpoint may need none."""
+    env = environment(project_root)
+    url = base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    key = api_key or env.get("OPENAI_API_KEY") or None
+    if key is None and public_url(url) == DEFAULT_BASE_URL:
+        from kblabs.errors import StartupError
+
+        raise StartupError(
+            "adapters",
+            f"platform.adapters.{token} is 'openai' but there is no API key: set "
+            "OPENAI_API_KEY in the environment or .env, or platform.adapterOptions."
+            f'{token}.apiKey = "${{OPENAI_API_KEY}}" (or a baseUrl of a server that '
+            "needs none)",
+        )
+    return url, key
+
+
 def make_client(api_key: str | None, base_url: str, timeout_s: float) -> openai.AsyncOpenAI:
     """An SDK client that never retries on its own. `api_key` None is only accepted for
     a custom base URL (local servers usually need none); the caller checks that. The base

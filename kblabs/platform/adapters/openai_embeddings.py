@@ -33,14 +33,13 @@ from typing import Any
 
 from pydantic import Field
 
-from kblabs.errors import KbError, StartupError
+from kblabs.errors import KbError
 from kblabs.platform.adapters.openai_common import (
-    DEFAULT_BASE_URL,
     CallStats,
     Endpoint,
-    environment,
     make_client,
     public_url,
+    resolve_endpoint,
     to_kb_error,
     with_retries,
 )
@@ -146,15 +145,7 @@ class OpenAIEmbeddings:
 def build(token: str, raw: Any, ctx: Any) -> OpenAIEmbeddings:
     """`BUILTINS["embeddings"]["openai"]`."""
     options = parse_options(OpenAIEmbeddingsOptions, token, raw)
-    env = environment(ctx.settings.project_root)
-    base_url = options.base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    api_key = options.api_key or env.get("OPENAI_API_KEY") or None
-    if api_key is None and public_url(base_url) == DEFAULT_BASE_URL:
-        raise StartupError(
-            "adapters",
-            f"platform.adapters.{token} is 'openai' but there is no API key: set "
-            "OPENAI_API_KEY in the environment or .env, or platform.adapterOptions."
-            f'{token}.apiKey = "${{OPENAI_API_KEY}}" (or a baseUrl of a server that '
-            "needs none)",
-        )
+    base_url, api_key = resolve_endpoint(
+        token, options.base_url, options.api_key, ctx.settings.project_root
+    )
     return OpenAIEmbeddings(options, api_key=api_key, base_url=base_url)
