@@ -52,7 +52,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from loguru import logger
@@ -475,14 +475,35 @@ async def _analytics_flush(call: Call) -> Any:
     return True
 
 
-@handles("analytics", "identify", "getDailyStats")
-async def _analytics_optional(call: Call) -> Any:
-    method = call.request.path_params["method"]
-    name = {"identify": "identify", "getDailyStats": "get_daily_stats"}[method]
-    found = call.method(name)
-    if method == "identify":
-        return await found(call.arg(0, "userId", str), call.arg(1, "traits", dict, default=None))
-    return await found(call.arg(0, "options", dict, default={}))
+@handles("analytics", "identify")
+async def _analytics_identify(call: Call) -> Any:
+    identify = call.method("identify")
+    return await identify(call.arg(0, "userId", str), call.arg(1, "traits", dict, default=None))
+
+
+@handles("analytics", "getDailyStats")
+async def _analytics_daily(call: Call) -> Any:
+    """args[0] = {adapter, from?, to?, groupBy?, breakdownBy?, metrics?} as for
+    GET /api/v1/adapters/{adapter}/daily-stats (default window: the last 30 days)."""
+    options = call.arg(0, "options", dict, default={})
+    adapter = options.get("adapter")
+    if not isinstance(adapter, str) or not adapter:
+        raise _bad_arg(0, "options", "adapter must name an adapter (llm, embeddings, …)")
+    try:
+        to_ts = _when(options.get("to"), "to") or datetime.now(UTC)
+        from_ts = _when(options.get("from"), "from") or to_ts - timedelta(days=30)
+    except ValueError as exc:
+        raise _bad_arg(0, "options", str(exc)) from None
+    metrics = options.get("metrics")
+    return await call.method("get_daily_stats")(
+        adapter,
+        namespace_id=call.namespace,
+        from_ts=from_ts,
+        to_ts=to_ts,
+        group_by=str(options.get("groupBy") or "day"),
+        breakdown_by=options.get("breakdownBy"),
+        metrics=metrics.split(",") if isinstance(metrics, str) else metrics,
+    )
 
 
 def _filters(call: Call) -> EventFilters:

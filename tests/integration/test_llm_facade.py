@@ -402,6 +402,13 @@ async def test_platform_storage_analytics_and_event_bus(project: Path) -> None:
         assert theirs.json()["result"]["total"] == 0
         bad = await platform(app, "analytics/getEvents", {"from": "yesterday"})
         assert bad.status_code == 400 and "ISO-8601" in bad.json()["error"]["message"]
+        await platform(app, "storage/read", "notes/a.txt")  # a usage event of storage
+        daily = await platform(app, "analytics/getDailyStats", {"adapter": "storage"})
+        assert daily.status_code == 200, daily.text
+        buckets = daily.json()["result"]["buckets"]
+        assert sum(bucket["calls"] for bucket in buckets) >= 1
+        nameless = await platform(app, "analytics/getDailyStats", {})
+        assert nameless.status_code == 400 and "adapter" in nameless.json()["error"]["message"]
         missing = await platform(app, "analytics/identify", "u1")
         assert missing.status_code == 501
         assert missing.json()["error"]["code"] == "METHOD_NOT_IMPLEMENTED"
