@@ -33,6 +33,7 @@ LOG_PAGE = 1000  # the server's largest page
 RECONNECT_TRIES = 10
 RECONNECT_DELAY_S = 1.0
 TERMINAL = frozenset({"success", "failed", "cancelled", "skipped", "dlq"})
+NOT_STARTED = frozenset({None, "queued", "pending", "blocked"})
 
 STATUS_STYLE = {
     "success": "green",
@@ -639,6 +640,7 @@ class Watch:
         payload = event.get("payload") or {}
         if kind == "run.snapshot":
             self._replace(payload if isinstance(payload, dict) else {})
+            self._print_started()
             return False
         if not self.state:
             return True
@@ -673,6 +675,21 @@ class Watch:
             return False
         return True  # retries, interrupted jobs, gate restarts: read the run again
 
+    def _print_started(self) -> None:
+        """Line mode: what already moved when the stream connected (a fast run may be over
+        by then), so that every job and step that ran gets its line."""
+        if not self.show or self.live is not None:
+            return
+        for job in self.state.get("jobs", []):
+            if job.get("status") not in NOT_STARTED:
+                self._line(job.get("jobName"), job["status"])
+            for step in job.get("steps", []):
+                if step.get("status") not in NOT_STARTED:
+                    self._line(self.names.get(step["id"]), step["status"])
+
+    def _line(self, label: Any, status: str) -> None:
+        self.console.print(Text.assemble(f"  {label}: ", _status(status)))
+
     @staticmethod
     def _find(rows: list[dict[str, Any]], row_id: Any) -> dict[str, Any] | None:
         return next((row for row in rows if row.get("id") == row_id), None)
@@ -681,7 +698,7 @@ class Watch:
         before = row.get("status")
         row["status"] = status
         if self.show and self.live is None and status != before:
-            self.console.print(Text.assemble(f"  {label}: ", _status(status)))
+            self._line(label, status)
 
     def _render(self) -> None:
         if self.live is not None and self.state:
