@@ -26,7 +26,7 @@ from typing import Any
 from kblabs.mind.chunking import Chunk, chunk_lines
 from kblabs.mind.workspace import Workspace, looks_binary
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: files carry their definitions
 EMBED_BATCH = 64
 SAVE_EVERY = 200  # files between manifest saves
 SNIPPET_CHARS = 2000  # of each chunk kept in the store, shown in hits
@@ -38,7 +38,12 @@ MIN_IDENTIFIER = 3
 EXACT_BONUS = 0.25  # at most this much, when every identifier of the query is in a chunk
 CANDIDATES_PER_HIT = 4  # vector hits re-ranked per hit returned…
 MIN_CANDIDATES = 40  # …and at least this many
-MAX_NAMES = 300  # identifiers kept per chunk for exact lookups
+MAX_DEFINES = 500  # definitions kept per file for exact-name lookups
+DEFINITION = re.compile(
+    r"\b(?:def|class|function|func|fn|interface|type|struct|enum|trait|impl|module|const"
+    r"|let|var|val|macro)\s+\*?([A-Za-z_$][\w$]*)"
+    r"|\b([A-Za-z_$][\w$]*)\s*[:=]\s*(?:async\s+)?(?:function\b|\([^)]*\)\s*=>|lambda\b)"
+)
 
 Progress = Callable[[str, int, int, str], Awaitable[None] | None]
 """progress(stage, done, total, path): stage is "scan", "embed" or "done"."""
@@ -126,12 +131,35 @@ def identifiers(text: str) -> set[str]:
 def exact_bonus(names: set[str], body: str, path: str) -> float:
     """Extra score for a chunk that contains the query's identifiers verbatim. Vectors
     find the neighbourhood; a name typed exactly is the strongest signal a code search
-    gets, and similar-looking names must not outrank it. (The chunk's `names` payload
-    lets the store find such chunks even when the vector ranks them low.)"""
+    gets, and similar-looking names must not outrank it. (The manifest's definitions
+    find the defining chunk even when the vector ranks it low.)"""
     if not names:
         return 0.0
     present = identifiers(body + " " + path)
     return EXACT_BONUS * len(names & present) / len(names)
+
+
+def definitions(chunks: Sequence[Chunk]) -> dict[str, int]:
+    """{lower-cased name: the chunk that defines it} for the names a file defines
+    (`def`, `class`, `function`, `fn`, `func`, `type`, `struct`, `const`…, and
+    `name = function`/arrow forms), at most `MAX_DEFINES`; the first chunk wins."""
+    found: dict[str, int] = {}
+    for number, chunk in enumerate(chunks):
+        for match in DEFINITION.finditer(chunk.text):
+            name = (match.group(1) or match.group(2)).lower()
+            if len(name) >= MIN_IDENTIFIER:
+                found.setdefault(name, number)
+                if len(found) >= MAX_DEFINES:
+                    return found
+    return found
+
+
+def _unit(vector: Sequence[float]) -> Any:
+    import numpy as np
+
+    array = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(array))
+    return array / norm if norm else array
 
 
 def best_window(text: str, query_words: set[str], start_line: int) -> tuple[str, int]:
@@ -202,7 +230,8 @@ class MindIndex:
         report = IndexReport(self.name, workspace.root)
         manifest = None if rebuild else await self.load_manifest()
         if manifest is None or manifest.get("root") != workspace.root:
-            if manifest is not None or rebuild:
+            # another folder, a rebuild, or a manifest this version cannot read: start over
+            if manifest is not None or rebuild or await self.storage.exists(self.manifest_path):
                 await self.vectors.drop_collection(collection=self.collection)
             manifest = {"version": MANIFEST_VERSION, "root": workspace.root, "files": {}}
         await _report(progress, "scan", 0, 0, "")
@@ -250,7 +279,8 @@ class MindIndex:
     async def query(self, text: str, limit: int = 10) -> list[Hit]:
         if not text.strip():
             raise MindError("MIND_QUERY_EMPTY", "the query is empty")
-        if await self.load_manifest() is None:
+        manifest = await self.load_manifest()
+        if manifest is None:
             raise MindError(
                 "MIND_INDEX_NOT_FOUND",
                 f"there is no index {self.name!r} yet: run `python -m kblabs mind index` first",
@@ -259,9 +289,8 @@ class MindIndex:
         pool = max(limit * CANDIDATES_PER_HIT, MIN_CANDIDATES)
         matches = await self.vectors.search(vector, pool, collection=self.collection)
         names = identifiers(text)
-        if names:  # and the chunks that contain a name of the query verbatim
-            exact = {"field": "names", "operator": "in", "value": sorted(names)}
-            matches += await self.vectors.search(vector, pool, exact, collection=self.collection)
+        if names:  # and the chunks that define a name of the query, however they rank
+            matches += await self._defining(manifest, names, vector, pool)
         query_words = words(text)
         hits = []
         for match in {m["id"]: m for m in matches}.values():
@@ -272,6 +301,33 @@ class MindIndex:
             hits.append(Hit(meta["path"], meta["startLine"], meta["endLine"], score, snippet, line))
         hits.sort(key=lambda hit: -hit.score)
         return hits[:limit]
+
+    async def _defining(
+        self, manifest: dict[str, Any], names: set[str], vector: Sequence[float], most: int
+    ) -> list[dict[str, Any]]:
+        """The chunks where a file defines one of `names` (the manifest keeps each file's
+        definitions), scored against the query like the store scores (cosine → 0..1).
+        A lookup in the manifest, not a filtered search: Qdrant's local mode checks a
+        payload filter in Python against every point (seconds at 10k chunks)."""
+        ids = [
+            f"{path}#{chunk}"
+            for path, entry in manifest["files"].items()
+            for name, chunk in (entry.get("defines") or {}).items()
+            if name in names
+        ][:most]
+        if not ids:
+            return []
+        records = await self.vectors.get(ids, collection=self.collection)
+        query = _unit(vector)
+        return [
+            {
+                "id": record["id"],
+                "score": (float(_unit(record["vector"]) @ query) + 1) / 2,
+                "metadata": record.get("metadata") or {},
+            }
+            for record in records
+            if record.get("vector")
+        ]
 
     async def status(self) -> dict[str, Any]:
         manifest = await self.load_manifest()
@@ -298,11 +354,12 @@ class _Batch:
         self.manifest = manifest
         self.report = report
         self.pending: list[tuple[str, int, Chunk]] = []
-        self.files: list[tuple[str, str, int]] = []  # (path, hash, chunk count)
+        # (path, hash, chunk count, {defined name: chunk number})
+        self.files: list[tuple[str, str, int, dict[str, int]]] = []
 
     async def add(self, path: str, digest: str, chunks: Sequence[Chunk]) -> None:
         self.pending.extend((path, n, chunk) for n, chunk in enumerate(chunks))
-        self.files.append((path, digest, len(chunks)))
+        self.files.append((path, digest, len(chunks), definitions(chunks)))
         self.report.embedded_files.append(path)
         if len(self.pending) >= EMBED_BATCH:
             await self.flush()
@@ -324,19 +381,18 @@ class _Batch:
                         "startLine": chunk.start_line,
                         "endLine": chunk.end_line,
                         "text": chunk.text[:SNIPPET_CHARS],
-                        "names": sorted(identifiers(chunk.text))[:MAX_NAMES],
                     },
                 }
                 for (path, n, chunk), vector in zip(self.pending, vectors, strict=True)
             ]
             await index.vectors.upsert(records, collection=index.collection)
             self.report.chunks_embedded += len(records)
-        for path, digest, count in self.files:
+        for path, digest, count, defines in self.files:
             new_ids = [f"{path}#{n}" for n in range(count)]
             stale = [i for i in known.get(path, {}).get("chunks", []) if i not in set(new_ids)]
             if stale:
                 await index.vectors.delete(stale, collection=index.collection)
-            known[path] = {"hash": digest, "chunks": new_ids}
+            known[path] = {"hash": digest, "chunks": new_ids, "defines": defines}
         self.pending, self.files = [], []
 
     def _check_dimensions(self, dimensions: int) -> None:
