@@ -26,8 +26,9 @@ behind its usage-tracking proxy. Measured in one run:
    generated modules (the same generator, chunked with `chunk_lines` as mind chunks
    them), embedded with the embeddings adapter's `embed_batch` (`--batch` texts at a
    time) exactly as mind embeds them (`<path>\\n<chunk text>`) and upserted with the
-   vector store's `upsert` with mind's payload (path, startLine, endLine, text, names),
-   plus the manifest mind would have written for such an index (saved through
+   vector store's `upsert` with mind's payload (path, startLine, endLine, text),
+   plus the manifest mind would have written for such an index, with each file's
+   definitions (saved through
    storage), so `MindIndex.query` can run on it. The fill is timed (generating,
    embedding: chunks/s, upserting: points/s). Then `--queries` queries (200: half the
    exact name of a generated function, half three generated words) run interleaved (the
@@ -37,17 +38,17 @@ behind its usage-tracking proxy. Measured in one run:
      `matrix @ q`, `argpartition` for the top `--limit` (10), those sorted;
    - the vector store's `search(vector, 10)` (what a plain vector search costs through
      the adapter: a worker thread, validation, the usage proxy);
-   - the same search with mind's exact-identifier filter (`names in [the query's
-     identifiers]`, limit 40, mind's candidate pool), which mind adds to every query
-     that has an identifier of 3+ characters;
+   - mind's exact-name lookup (`MindIndex.defining`: the query's identifiers looked up
+     in the manifest's per-file definitions, those chunks fetched by id and scored),
+     which mind adds to every query that has an identifier of 3+ characters;
    - qdrant-client's `query_points(limit=10)` called directly on the adapter's client,
      synchronously (local mode without the adapter around it);
-   - `MindIndex.query(text, 10)`: manifest read, query embedding, the vector search and
-     the filtered search (limit 40 each), re-rank.
+   - `MindIndex.query(text, 10)`: manifest read, query embedding, the vector search
+     (limit 40), the exact-name lookup, re-rank.
    The query vectors of the three plain searches and of numpy are computed once, before
    timing. Each method stops being timed at a size once it has spent `--budget` seconds
-   (30) there and has `--min-queries` (3) queries: at 100k chunks a filtered search
-   takes seconds, and 200 of them would take most of an hour. The report prints, per
+   (30) there and has `--min-queries` (3) queries (a guard: a payload-filtered search,
+   which mind used before, took seconds at 100k chunks). The report prints, per
    method, how many queries were timed, and a NOTE when that is fewer than `--queries`.
    Reported: p50/p99/mean ms of each, the ratios of their p50 (and p99) to numpy's, and
    recall@10 of the vector store search against numpy's exact top 10 (ids; a miss whose
@@ -81,13 +82,11 @@ between runs, the ratios less; bench/README.md has one run's table):
   `argsort`s all N scores, where the baseline does one `matrix @ q` and an
   `argpartition`. The adapter around it (worker thread, validation, usage proxy) adds
   little: `query_points` called directly is within 10%.
-- The filtered search evaluates the filter in Python for every point of the collection
-  (qdrant-client's `calculate_payload_mask`: `check_filter` per payload, each value of
-  the chunk's `names` list against each of the query's names), 100-170 us per point:
-  1-1.5 s at 10k and 14-17 s at 100k. `MindIndex.query` does that filtered search on
-  every query with an identifier of 3+ characters, so it takes 1.1-1.6 s at 10k chunks
-  (150-280x numpy) and 15-17 s at 100k (500-860x). The budget keeps it to a few queries
-  at 100k.
+- A payload-filtered search evaluates the filter in Python for every point of the
+  collection (qdrant-client's `calculate_payload_mask`), 100-170 us per point: 1-1.5 s
+  at 10k and 14-17 s at 100k. mind first found exact names that way, which made
+  `MindIndex.query` 150-280x numpy at 10k and 500-860x at 100k; it now looks names up
+  in its manifest's definitions and fetches those chunks by id (the "exact" row).
 - Opening the store again (what a CLI call in local mode pays before its first search)
   loads and unpickles every point: 2-4 s at 10k, 25-35 s at 100k, and RSS reaches
   about 3.3 GB (peak about 3.5 GB).
@@ -138,10 +137,10 @@ from kblabs.mind.chunking import chunk_lines  # noqa: E402
 from kblabs.mind.index import (  # noqa: E402
     CANDIDATES_PER_HIT,
     MANIFEST_VERSION,
-    MAX_NAMES,
     MIN_CANDIDATES,
     SNIPPET_CHARS,
     MindIndex,
+    definitions,
     identifiers,
 )
 from kblabs.mind.workspace import LocalWorkspace  # noqa: E402
@@ -159,7 +158,7 @@ SEED = 11
 METHODS = {
     "numpy": "numpy brute force (baseline)",
     "search": "vector store search",
-    "filtered": "vector store search + names filter",
+    "exact": "mind's exact-name lookup (definitions)",
     "direct": "qdrant-client query_points, no adapter",
     "mind": "MindIndex.query",
 }
@@ -351,7 +350,8 @@ class Corpus:
             self.names.append(name)
             path = f"pkg{i % 20}/mod_{i}.py"
             chunk_ids = []
-            for n, chunk in enumerate(chunk_lines(text)):
+            chunks = chunk_lines(text)
+            for n, chunk in enumerate(chunks):
                 record_id = f"{path}#{n}"
                 chunk_ids.append(record_id)
                 records.append(
@@ -363,12 +363,15 @@ class Corpus:
                             "startLine": chunk.start_line,
                             "endLine": chunk.end_line,
                             "text": chunk.text[:SNIPPET_CHARS],
-                            "names": sorted(identifiers(chunk.text))[:MAX_NAMES],
                         },
                     }
                 )
             digest = hashlib.sha256(text.encode()).hexdigest()
-            self.manifest_files[path] = {"hash": digest, "chunks": chunk_ids}
+            self.manifest_files[path] = {
+                "hash": digest,
+                "chunks": chunk_ids,
+                "defines": definitions(chunks),
+            }
         self.ids += [record["id"] for record in records]
         return records
 
@@ -461,21 +464,23 @@ async def query_latency(
     prepared = []
     for query in queries:
         vector = await embeddings.embed(query["text"])
-        names = sorted(identifiers(query["text"]))
+        names = identifiers(query["text"])
         prepared.append((query, vector, np.asarray(vector, dtype=np.float32), names))
 
     def direct(vector: list[float]) -> Any:
         client = store._open()
         return client.query_points(qdrant_name, query=vector, limit=limit, with_payload=True)
 
-    async def one(method: str, query: dict, vector: list, q: np.ndarray, names: list) -> Any:
+    manifest = await mind.load_manifest()
+    assert manifest is not None, "the bench's manifest was not written"
+
+    async def one(method: str, query: dict, vector: list, q: np.ndarray, names: set) -> Any:
         if method == "numpy":
             return numpy_top(view, q, limit)
         if method == "search":
             return await vectors.search(vector, limit, collection=mind.collection)
-        if method == "filtered":
-            exact = {"field": "names", "operator": "in", "value": names}
-            return await vectors.search(vector, pool, exact, collection=mind.collection)
+        if method == "exact":
+            return await mind.defining(manifest, names, vector, pool)
         if method == "direct":
             return direct(vector)
         return await mind.query(query["text"], limit)
@@ -493,7 +498,7 @@ async def query_latency(
     times: dict[str, list[float]] = {method: [] for method in METHODS}
     spent = dict.fromkeys(METHODS, 0.0)
     matched = ties = expected = 0
-    filtered_hits = 0
+    exact_hits = 0
     methods = list(METHODS)
     for position, item in enumerate(timed):
         # rotate the order, so no method always runs right after another
@@ -507,8 +512,8 @@ async def query_latency(
             elapsed = time.perf_counter() - started
             spent[method] += elapsed
             times[method].append(elapsed * 1000)
-        if "filtered" in answers:
-            filtered_hits += len(answers["filtered"])
+        if "exact" in answers:
+            exact_hits += len(answers["exact"])
         if "numpy" not in answers or "search" not in answers:
             continue
         exact_rows = answers["numpy"]
@@ -545,8 +550,8 @@ async def query_latency(
         "tie_misses": ties,
         "timed": {method: len(values) for method, values in times.items()},
         "spent_s": {method: round(value, 3) for method, value in spent.items()},
-        "filtered_hits_per_query": round(filtered_hits / len(times["filtered"]), 1)
-        if times["filtered"]
+        "exact_hits_per_query": round(exact_hits / len(times["exact"]), 1)
+        if times["exact"]
         else None,
         "reopen_first_search_s": round(reopen_s, 3),
         "reopen_hits": len(first),
@@ -715,8 +720,6 @@ def print_report(result: dict[str, Any]) -> None:
                 continue
             for n, (method, label) in enumerate(METHODS.items()):
                 lat = q["latency"][method]
-                if method == "filtered":
-                    label = f"{label} (limit {q['pool']})"
                 print(
                     f"  {(format(q['size'], ',') if n == 0 else ''):>8}  {label:<42}"
                     f"{q['timed'][method]:>5}{fmt(lat['p50_ms'], ',.2f'):>10}"
@@ -735,8 +738,8 @@ def print_report(result: dict[str, Any]) -> None:
             print(
                 f"  {'':>8}  recall@{q['limit']} of the vector store search vs numpy's exact top "
                 f"{q['limit']}: {fmt(q['recall_at_k'], '.4f')} (counting score ties: "
-                f"{fmt(q['recall_with_ties'], '.4f')}); filtered search hits/query "
-                f"{q['filtered_hits_per_query']}"
+                f"{fmt(q['recall_with_ties'], '.4f')}); exact-name hits/query "
+                f"{q['exact_hits_per_query']}"
             )
             print(
                 f"  {'':>8}  reopen: vector store stopped, first search after "
@@ -750,7 +753,7 @@ def print_report(result: dict[str, Any]) -> None:
                 r = q["x_numpy_p50"]
                 print(
                     f"ratios at {q['size']:,} chunks (p50 / numpy p50): vector store search "
-                    f"{fmt(r['search'], ',.1f')}x, filtered search {fmt(r['filtered'], ',.1f')}x, "
+                    f"{fmt(r['search'], ',.1f')}x, exact-name lookup {fmt(r['exact'], ',.1f')}x, "
                     f"query_points without the adapter {fmt(r['direct'], ',.1f')}x, "
                     f"MindIndex.query {fmt(r['mind'], ',.1f')}x"
                 )

@@ -45,6 +45,10 @@ DEFINITION = re.compile(
     r"|\b([A-Za-z_$][\w$]*)\s*[:=]\s*(?:async\s+)?(?:function\b|\([^)]*\)\s*=>|lambda\b)"
 )
 
+# manifest path → (its bytes, the parsed manifest) of the last read: queries reuse it
+# while the bytes are unchanged (never mutated: index() works on a fresh parse).
+_PARSED: dict[str, tuple[bytes, dict[str, Any]]] = {}
+
 Progress = Callable[[str, int, int, str], Awaitable[None] | None]
 """progress(stage, done, total, path): stage is "scan", "embed" or "done"."""
 
@@ -207,15 +211,27 @@ class MindIndex:
 
     # --- manifest ----------------------------------------------------------------------
 
-    async def load_manifest(self) -> dict[str, Any] | None:
+    async def load_manifest(self, *, shared: bool = False) -> dict[str, Any] | None:
+        """The manifest, or None. `shared=True` (read-only callers: queries) may return
+        the copy parsed for an earlier call when the stored bytes are the same, because
+        parsing a big repository's manifest costs more than the search itself."""
         raw = await self.storage.read(self.manifest_path)
         if raw is None:
             return None
+        if isinstance(raw, str):  # a governed storage view may hand back text
+            raw = raw.encode()
+        cached = _PARSED.get(self.manifest_path)
+        if shared and cached is not None and cached[0] == raw:
+            return cached[1]
         try:
             manifest = json.loads(raw)
         except ValueError:
             return None  # a damaged manifest: rebuild rather than trust it
-        return manifest if manifest.get("version") == MANIFEST_VERSION else None
+        if manifest.get("version") != MANIFEST_VERSION:
+            return None
+        if shared:
+            _PARSED[self.manifest_path] = (raw, manifest)
+        return manifest
 
     async def _save(self, manifest: dict[str, Any]) -> None:
         manifest["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -279,7 +295,7 @@ class MindIndex:
     async def query(self, text: str, limit: int = 10) -> list[Hit]:
         if not text.strip():
             raise MindError("MIND_QUERY_EMPTY", "the query is empty")
-        manifest = await self.load_manifest()
+        manifest = await self.load_manifest(shared=True)
         if manifest is None:
             raise MindError(
                 "MIND_INDEX_NOT_FOUND",
@@ -290,7 +306,7 @@ class MindIndex:
         matches = await self.vectors.search(vector, pool, collection=self.collection)
         names = identifiers(text)
         if names:  # and the chunks that define a name of the query, however they rank
-            matches += await self._defining(manifest, names, vector, pool)
+            matches += await self.defining(manifest, names, vector, pool)
         query_words = words(text)
         hits = []
         for match in {m["id"]: m for m in matches}.values():
@@ -302,7 +318,7 @@ class MindIndex:
         hits.sort(key=lambda hit: -hit.score)
         return hits[:limit]
 
-    async def _defining(
+    async def defining(
         self, manifest: dict[str, Any], names: set[str], vector: Sequence[float], most: int
     ) -> list[dict[str, Any]]:
         """The chunks where a file defines one of `names` (the manifest keeps each file's
