@@ -245,7 +245,10 @@ class ExecutionCapability(BaseCapability):
             overrides={"platform.execution.warmWorkers": (0, "host agent")},
         )
         found = discover(LockFile.in_data_dir(settings.data_dir), settings.project_root)
-        return Project(root, settings, found.plugins, found.diagnostics)
+        # the workspace's own plugins: the platform's built-ins (mind, commit) run on the
+        # server, which reaches a laptop's files through the filesystem capability
+        own = [plugin for plugin in found.plugins if plugin.source != "builtin"]
+        return Project(root, settings, own, found.diagnostics)
 
     def _find(self, plugin_id: str, roots: list[Path]) -> tuple[Project, Discovered]:
         from kblabs.config import ConfigError
