@@ -19,7 +19,7 @@ from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from kblabs.config import Settings
@@ -35,7 +35,7 @@ from kblabs.workflow.catalog import Catalog
 from kblabs.workflow.expressions import ExpressionError, interpolate
 from kblabs.workflow.inputs import resolve_inputs
 from kblabs.workflow.jobrunner import JobRun, secret_values
-from kblabs.workflow.journal import Journal, add_event, iso, now
+from kblabs.workflow.journal import Journal, Tx, iso, now, write, write_in
 from kblabs.workflow.metrics import WorkflowMetrics
 from kblabs.workflow.queue import JobQueue
 from kblabs.workflow.scheduler import Scheduler
@@ -43,6 +43,7 @@ from kblabs.workflow.spec import WorkflowSpec, validate_spec
 from kblabs.workflow.steps.shell import env_text
 
 IDLE_POLL_S = 0.5
+SPEC_CACHE = 256  # workflows whose spec snapshot is kept both ways (object and data)
 REAP_EVERY_S = 2.0
 RETENTION_EVERY = timedelta(hours=1)
 ERROR_BACKOFF_S = 2.0
@@ -81,6 +82,10 @@ class WorkflowEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._retention_at: datetime | None = None
         self.draining = asyncio.Event()  # set at shutdown: event streams end
+        # workflow id → (spec, spec.to_data()) of its latest run made here: a run's
+        # snapshot is written without dumping the spec again, and read back without
+        # parsing it again when it is the same
+        self._specs: dict[str, tuple[WorkflowSpec, dict[str, Any]]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -129,6 +134,25 @@ class WorkflowEngine:
         )
         return "ok", f"{len(self.catalog.entries)} workflow(s), {mode}, {len(self.active)} running"
 
+    def spec_data(self, workflow_id: str, spec: WorkflowSpec) -> dict[str, Any]:
+        """`spec.to_data()`, dumped once per spec object."""
+        known = self._specs.get(workflow_id)
+        if known is not None and known[0] is spec:
+            return known[1]
+        data = spec.to_data()
+        if len(self._specs) >= SPEC_CACHE:
+            self._specs.pop(next(iter(self._specs)))
+        self._specs[workflow_id] = (spec, data)
+        return data
+
+    def spec_of(self, workflow_id: str, data: dict[str, Any]) -> WorkflowSpec:
+        """A run's spec snapshot as a spec: the object it was made from when the data is
+        the same (a spec is never changed in place), else parsed."""
+        known = self._specs.get(workflow_id)
+        if known is not None and known[1] == data:
+            return known[0]
+        return WorkflowSpec.model_validate(data)
+
     async def notify(self) -> None:
         if self._wake._value < self.options.max_parallel_jobs:
             self._wake.release()
@@ -137,18 +161,23 @@ class WorkflowEngine:
     # --- workers -------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        expected = False  # is there likely work (then the claim skips its first read)
         while True:
             try:
-                lease = await self.queue.claim()
+                claim = await self.queue.claim(expected=expected)
             except Exception as exc:  # the store may be briefly busy: never stop working
                 logger.opt(exception=exc).warning("workflow claim failed: {}", exc)
                 await asyncio.sleep(ERROR_BACKOFF_S)
                 continue
-            if lease is None:
+            if claim is None:
+                expected = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.acquire(), IDLE_POLL_S)
+                    expected = True  # woken for new work
                 continue
-            job = JobRun(self, lease)
+            expected = True
+            lease = claim.lease
+            job = JobRun(self, claim)
             self.active[lease.job_id] = job
             try:
                 await job.execute()
@@ -157,19 +186,15 @@ class WorkflowEngine:
                 raise
             except Exception as exc:  # an engine bug must not kill the worker
                 logger.opt(exception=exc).error("job {} crashed the engine: {}", lease.job_id, exc)
-                await self._crashed(lease, exc)
+                await self._crashed(job, exc)
             finally:
                 self.active.pop(lease.job_id, None)
 
-    async def _crashed(self, lease: Any, exc: Exception) -> None:
+    async def _crashed(self, job: JobRun, exc: Exception) -> None:
         with contextlib.suppress(Exception):
-            async with self.store.write() as conn:
-                await transitions.finish_job(
-                    conn,
-                    lease,
-                    "failed",
-                    error={"code": "ENGINE_ERROR", "message": f"{type(exc).__name__}: {exc}"},
-                )
+            await job.finish_crashed(
+                {"code": "ENGINE_ERROR", "message": f"{type(exc).__name__}: {exc}"}
+            )
             await self.notify()
 
     async def _reap(self) -> None:
@@ -255,31 +280,32 @@ class WorkflowEngine:
             metadata["idempotencyKey"] = idempotency_key
         if group:
             metadata["concurrencyGroup"] = group
+        supersede = bool(group and spec.concurrency and spec.concurrency.cancel_in_progress)
+        row = {
+            "run_id": run_id,
+            "spec": spec,
+            "workflow_id": workflow_id,
+            "tenant_id": tenant_id,
+            "trigger": trigger,
+            "inputs": resolved,
+            "env": {k: env_text(v) for k, v in run_env.items()},
+            "metadata": metadata,
+            "idempotency_key": idempotency_key,
+            "concurrency_group": str(group) if group else None,
+            "parent_run_id": parent_run_id,
+            "depth": depth,
+            "job_groups": job_groups,
+            "spec_data": self.spec_data(workflow_id, spec),  # here, not in the store's thread
+        }
         try:
-            async with self.store.write() as conn:
-                if group and spec.concurrency and spec.concurrency.cancel_in_progress:
-                    await self._cancel_group(conn, tenant_id, str(group))
-                await transitions.insert_run(
-                    conn,
-                    run_id=run_id,
-                    spec=spec,
-                    workflow_id=workflow_id,
-                    tenant_id=tenant_id,
-                    trigger=trigger,
-                    inputs=resolved,
-                    env={k: env_text(v) for k, v in run_env.items()},
-                    metadata=metadata,
-                    idempotency_key=idempotency_key,
-                    concurrency_group=str(group) if group else None,
-                    parent_run_id=parent_run_id,
-                    depth=depth,
-                    job_groups=job_groups,
-                )
+            cancelled = await write(self.store, _insert_run, row, str(group) if supersede else None)
         except IntegrityError:
             existing = await self._by_idempotency_key(idempotency_key)
             if existing is None:
                 raise
             return existing, False
+        for cancelled_id in cancelled:
+            self._stop_local(cancelled_id)
         await self.notify()
         return run_id, True
 
@@ -341,20 +367,6 @@ class WorkflowEngine:
             spec=spec,
         )
 
-    async def _cancel_group(self, conn: Any, tenant_id: str, group: str) -> None:
-        active = (
-            await conn.execute(
-                select(runs.c.id).where(
-                    runs.c.tenant_id == tenant_id,
-                    runs.c.concurrency_group == group,
-                    runs.c.status.in_(("queued", "running")),
-                )
-            )
-        ).all()
-        for (run_id,) in active:
-            await transitions.cancel_run(conn, run_id, f"superseded in concurrency group {group}")
-            self._stop_local(run_id)
-
     async def _by_idempotency_key(self, key: str | None) -> str | None:
         if not key:
             return None
@@ -366,8 +378,7 @@ class WorkflowEngine:
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled by a user") -> str:
         """Cancel a queued or running run; 404 unknown, 409 already finished."""
-        async with self.store.write() as conn:
-            before = await transitions.cancel_run(conn, run_id, reason)
+        before = await write(self.store, transitions.cancel_run, run_id, reason)
         if before is None:
             raise KbError("RUN_NOT_FOUND", f"Run not found: {run_id}", 404)
         if before in transitions.TERMINAL_RUN:
@@ -528,52 +539,11 @@ class WorkflowEngine:
                 finished_at=stamp,
             )
         )
-        await add_event(
-            conn,
-            run_id,
-            "step.updated",
-            {"jobId": job_id, "stepId": step_id, "action": action, "actor": actor},
-            job_id=job_id,
-            step_id=step["id"],
-        )
-        await transitions.requeue_after_approval(conn, job_id)
+        await write_in(conn, _resolved, run_id, job_id, step_id, step["id"], action, actor)
 
     async def _expire_approvals(self) -> int:
-        stamp = now()
-        async with self.store.write() as conn:
-            due = (
-                (
-                    await conn.execute(
-                        select(approvals).where(
-                            approvals.c.status == "pending", approvals.c.expires_at < stamp
-                        )
-                    )
-                )
-                .mappings()
-                .all()
-            )
-            for row in due:
-                await conn.execute(
-                    update(approvals)
-                    .where(approvals.c.step_row_id == row["step_row_id"])
-                    .values(status="expired", resolved_at=stamp)
-                )
-                error = {"code": "APPROVAL_TIMEOUT", "message": "no answer before the timeout"}
-                await conn.execute(
-                    update(steps)
-                    .where(steps.c.id == row["step_row_id"])
-                    .values(status="failed", error=error, finished_at=stamp)
-                )
-                await add_event(
-                    conn,
-                    row["run_id"],
-                    "step.failed",
-                    {"error": error},
-                    job_id=row["job_id"],
-                    step_id=row["step_row_id"],
-                )
-                await transitions.requeue_after_approval(conn, row["job_id"])
-        return len(due)
+        expired: int = await write(self.store, _expire_due, now())
+        return expired
 
     # --- counts for metrics and stats ----------------------------------------------------
 
@@ -586,6 +556,87 @@ class WorkflowEngine:
                 await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
             ).all()
         return {"runs": dict(by_run), "jobs": dict(by_job)}
+
+
+# --- transactions (synchronous: run by the store in one go) ---------------------------------
+
+
+def _insert_run(tx: Tx, row: dict[str, Any], supersede_group: str | None) -> list[str]:
+    """A new run; with `supersede_group`, the active runs of that group are cancelled
+    first (same transaction). Returns the ids cancelled."""
+    cancelled: list[str] = []
+    if supersede_group is not None:
+        active = tx.execute(
+            select(runs.c.id).where(
+                runs.c.tenant_id == row["tenant_id"],
+                runs.c.concurrency_group == supersede_group,
+                runs.c.status.in_(("queued", "running")),
+            )
+        ).all()
+        for (run_id,) in active:
+            reason = f"superseded in concurrency group {supersede_group}"
+            transitions.cancel_run(tx, run_id, reason)
+            cancelled.append(run_id)
+    transitions.insert_run(tx, **row)
+    return cancelled
+
+
+def _resolved(
+    tx: Tx,
+    run_id: str,
+    job_id: str,
+    step_id: str,
+    step_row_id: str,
+    action: str,
+    actor: str | None,
+) -> None:
+    tx.event(
+        run_id,
+        "step.updated",
+        {"jobId": job_id, "stepId": step_id, "action": action, "actor": actor},
+        job_id=job_id,
+        step_id=step_row_id,
+    )
+    transitions.requeue_after_approval(tx, job_id)
+
+
+def _expire_due(tx: Tx, stamp: datetime) -> int:
+    """Approvals past their timeout fail their step; the job resumes (and fails)."""
+    due = (
+        tx.execute(
+            select(approvals).where(
+                approvals.c.status == "pending", approvals.c.expires_at < bindparam("b_now")
+            ),
+            {"b_now": stamp},
+        )
+        .mappings()
+        .all()
+    )
+    for row in due:
+        tx.execute(
+            update(approvals)
+            .where(approvals.c.step_row_id == row["step_row_id"])
+            .values(status="expired", resolved_at=stamp)
+        )
+        error = {"code": "APPROVAL_TIMEOUT", "message": "no answer before the timeout"}
+        tx.execute(
+            update(steps)
+            .where(steps.c.id == row["step_row_id"])
+            .values(status="failed", error=error, finished_at=stamp)
+        )
+        _expired(tx, row, error)
+    return len(due)
+
+
+def _expired(tx: Tx, row: Any, error: dict[str, Any]) -> None:
+    tx.event(
+        row["run_id"],
+        "step.failed",
+        {"error": error},
+        job_id=row["job_id"],
+        step_id=row["step_row_id"],
+    )
+    transitions.requeue_after_approval(tx, row["job_id"])
 
 
 def _priority_name(priority: int | None) -> str:

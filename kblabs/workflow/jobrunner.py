@@ -5,6 +5,12 @@ While the job runs a watcher heartbeats its lease and looks for a cancel request
 every second; a cancel, a lost lease or the job's timeout stops the step in progress
 (a shell step's whole process group is killed). No transaction is held while a step
 runs: each state change is its own short transaction, fenced by the lease.
+
+A `builtin:noop` step has nothing to wait for: its start and end (or a step skipped by
+its `if`) are kept and written with the job's next write (the next step's start, or the
+job's end), in the same transaction. Crash safety is unchanged: a worker that dies
+before that write leaves the step queued and it runs again (a noop is harmless to
+repeat), and nobody sees a later step start before an earlier one ended.
 """
 
 from __future__ import annotations
@@ -17,12 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
-from sqlalchemy import select
 
 from kblabs.errors import KbError
-from kblabs.store.tables import workflow_jobs as jobs
-from kblabs.store.tables import workflow_runs as runs
-from kblabs.store.tables import workflow_steps as steps
 from kblabs.workflow import transitions
 from kblabs.workflow.expressions import (
     ExpressionError,
@@ -30,14 +32,20 @@ from kblabs.workflow.expressions import (
     evaluate_condition,
     interpolate,
 )
-from kblabs.workflow.journal import now
+from kblabs.workflow.journal import Tx, now, write
 from kblabs.workflow.outcome import NOT_RETRYABLE, StepFailed, StepOutcome, Stop
-from kblabs.workflow.queue import Lease
-from kblabs.workflow.spec import JobSpec, StepSpec, WorkflowSpec
+from kblabs.workflow.queue import Claim, Lease
+from kblabs.workflow.spec import JobSpec, StepSpec
 from kblabs.workflow.steps import kinds
 
 if TYPE_CHECKING:
     from kblabs.workflow.engine import WorkflowEngine
+
+# step changes not written yet: [(step row id, its changes)], in order
+Pending = list[tuple[str, list[transitions.StepChange]]]
+
+# a step row that will not change again in this attempt (as this worker wrote it)
+ENDED = frozenset({"success", "skipped", "failed"})
 
 HEARTBEAT_EVERY_S = 10.0
 CANCEL_CHECK_EVERY_S = 1.0
@@ -57,12 +65,15 @@ def secret_values(names: list[str]) -> dict[str, str]:
 class JobRun:
     """One execution of one claimed job (an attempt)."""
 
-    def __init__(self, engine: WorkflowEngine, lease: Lease) -> None:
+    def __init__(self, engine: WorkflowEngine, claim: Claim) -> None:
         self.engine = engine
-        self.lease = lease
+        self.claim = claim
+        self.lease = claim.lease
         self.store = engine.store
         self.stop_reason: str | None = None
         self._body: asyncio.Task[None] | None = None
+        # step changes not written yet (noop steps), with the next write: [(row id, changes)]
+        self.deferred: Pending = []
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -108,41 +119,19 @@ class JobRun:
         if self.stop_reason == "timeout":
             await self._fail({"code": "JOB_TIMEOUT", "message": "the job ran out of time"}, False)
             return
-        async with self.store.write() as conn:
-            spec = getattr(self, "spec", None)  # None when stopped before it was loaded
-            await transitions.finish_job(conn, self.lease, "cancelled", spec=spec)
+        spec = getattr(self, "spec", None)  # None when stopped before it was loaded
+        await self._finish("cancelled", spec=spec)
         await self.engine.notify()
 
     # --- the job -------------------------------------------------------------------------
 
     async def _load(self) -> None:
-        async with self.store.engine.connect() as conn:
-            self.run_row = (
-                (await conn.execute(select(runs).where(runs.c.id == self.lease.run_id)))
-                .mappings()
-                .one()
-            )
-            self.job_row = (
-                (await conn.execute(select(jobs).where(jobs.c.id == self.lease.job_id)))
-                .mappings()
-                .one()
-            )
-            self.job_rows = (
-                (await conn.execute(select(jobs).where(jobs.c.run_id == self.lease.run_id)))
-                .mappings()
-                .all()
-            )
-            self.step_rows = [
-                dict(row)
-                for row in (
-                    await conn.execute(
-                        select(steps)
-                        .where(steps.c.run_id == self.lease.run_id)
-                        .order_by(steps.c.job_id, steps.c.section, steps.c.idx)
-                    )
-                ).mappings()
-            ]
-        self.spec = WorkflowSpec.model_validate(self.run_row["spec"])
+        """The run, its jobs and steps as the claim read them (same transaction)."""
+        self.run_row = self.claim.run
+        self.job_row = self.claim.job
+        self.job_rows = self.claim.jobs
+        self.step_rows = self.claim.steps
+        self.spec = self.engine.spec_of(self.run_row["workflow_id"], self.run_row["spec"])
         self.job: JobSpec = self.spec.jobs[self.job_row["name"]]
         names = [*self.spec.secrets, *self.job.secrets]
         for step in [*self.job.steps, *self.job.hooks.pre, *self.job.hooks.post]:
@@ -165,10 +154,7 @@ class JobRun:
             await self._fail(error, retryable=False)
             return
         if not runs_at_all:
-            async with self.store.write() as conn:
-                await transitions.finish_job(
-                    conn, self.lease, "skipped", skip_reason=f"if: {self.job.if_}", spec=self.spec
-                )
+            await self._finish("skipped", skip_reason=f"if: {self.job.if_}", spec=self.spec)
             await self.engine.notify()
             return
         if self.job.timeout_ms:
@@ -205,10 +191,7 @@ class JobRun:
             await self._fail(_invalid(exc, "outputs"), retryable=False)
             return
         await self.engine.journal.flush()  # the job's last lines before its end event
-        async with self.store.write() as conn:
-            await transitions.finish_job(
-                conn, self.lease, "success", outputs=outputs, spec=self.spec
-            )
+        await self._finish("success", outputs=outputs, spec=self.spec)
         await self.engine.notify()
 
     async def _fail(self, error: dict[str, Any], retryable: bool) -> None:
@@ -216,20 +199,40 @@ class JobRun:
         error = self._masked(error)  # it lands in job/run rows and in events
         policy = self.job.retry_policy(self.engine.default_retries)
         failures = self.job_row["failures"]
-        async with self.store.write() as conn:
-            if retryable and failures < policy.max:
-                delay = timedelta(milliseconds=policy.delay_ms(failures))
-                await transitions.retry_job(conn, self.lease, error, now() + delay)
-            else:
-                await transitions.finish_job(
-                    conn,
-                    self.lease,
-                    "failed",
-                    spec=self.spec,
-                    error=error,
-                    exhausted_retries=retryable and policy.max > 0,
-                )
+        if retryable and failures < policy.max:
+            delay = timedelta(milliseconds=policy.delay_ms(failures))
+            changes = self._take_deferred()
+            with contextlib.suppress(_LeaseLost):  # not ours any more: nothing to write
+                await write(self.store, _retry, self.lease, changes, error, now() + delay)
+        else:
+            await self._finish(
+                "failed",
+                spec=self.spec,
+                error=error,
+                exhausted_retries=retryable and policy.max > 0,
+            )
         await self.engine.notify()
+
+    async def finish_crashed(self, error: dict[str, Any]) -> None:
+        """The engine failed running this job: it fails (the steps done are kept)."""
+        await self._finish("failed", error=error, spec=getattr(self, "spec", None))
+
+    async def _finish(self, status: str, **options: Any) -> bool:
+        """`transitions.finish_job`, after the step changes not written yet (same
+        transaction)."""
+        changes = self._take_deferred()
+        mine = [row for row in getattr(self, "step_rows", []) if row["job_id"] == self.lease.job_id]
+        if mine and all(row["status"] in ENDED for row in mine):
+            options["steps_closed"] = True  # every step of the job ended: none to close
+        try:
+            return await write(self.store, _finish, self.lease, changes, status, options)
+        except _LeaseLost:  # not ours any more: nothing is written
+            return False
+
+    def _take_deferred(self) -> Pending:
+        # taken before the write: a caller cancelled while it runs must not repeat them
+        changes, self.deferred = self.deferred, []
+        return changes
 
     async def _section(self, section: str, context: dict[str, Any]) -> Any:
         """Run one section; None when it passed, "waiting" for an approval, or the
@@ -284,19 +287,21 @@ class JobRun:
             )
             row.update(status="failed", error=error)
             return StepOutcome("failed", error=error)
-        if not wanted:
-            await self._write_step(row, "step.skipped", status="skipped", finished_at=now())
+        if not wanted:  # nothing to wait for: written with the job's next write
+            self.deferred.append(
+                (row["id"], [("step.skipped", None, {"status": "skipped", "finished_at": now()})])
+            )
             context["steps"][spec.id] = {"outputs": {}, "status": "skipped"}
             row["status"] = "skipped"
             return StepOutcome("skipped")
-        start = (
+        start: transitions.StepChange = (
             "step.started",
             {"stepName": spec.name, "uses": str(spec.uses)},
             {"status": "running", "started_at": now(), "attempt": row["attempt"] + 1},
         )
         # a noop has nothing to wait for: its start and end go in one transaction
         instant = spec.uses.is_builtin("noop")
-        pending = [start] if instant else []
+        pending: list[transitions.StepChange] = [start] if instant else []
         if not instant:
             await self._write_changes(row, [start])
         outcome = await self._attempt(row, spec, context)
@@ -314,9 +319,11 @@ class JobRun:
                 outcome = StepOutcome("failed", outcome.outputs, error)
         if outcome.status in ("success", "restart"):
             done = {"status": "success", "outputs": outputs, "finished_at": now()}
-            await self._write_changes(
-                row, [*pending, ("step.succeeded", {"outputs": self._masked(outputs)}, done)]
-            )
+            changes = [*pending, ("step.succeeded", {"outputs": self._masked(outputs)}, done)]
+            if instant and outcome.status == "success":  # written with the job's next write
+                self.deferred.append((row["id"], changes))
+            else:
+                await self._write_changes(row, changes)
             row.update(status="success", outputs=outputs)
             context["steps"][spec.id] = {"outputs": outputs, "status": "success"}
             outcome.outputs = outputs
@@ -370,22 +377,18 @@ class JobRun:
         """A gate sent the job back to `target`: that step and the ones after it run
         again (their results are cleared)."""
         index = next(i for i, s in enumerate(specs) if s.id == target)
-        async with self.store.write() as conn:
-            for row in rows[index:]:
-                ok = await transitions.update_step(
-                    conn,
-                    self.lease,
-                    row["id"],
-                    status="queued",
-                    outputs=None,
-                    error=None,
-                    started_at=None,
-                    finished_at=None,
-                )
-                if not ok:
-                    raise Stop("lease-lost")
-                row.update(status="queued", outputs=None, error=None)
-                context["steps"].pop(row["step_id"], None)
+        cleared = {
+            "status": "queued",
+            "outputs": None,
+            "error": None,
+            "started_at": None,
+            "finished_at": None,
+        }
+        for row in rows[index:]:
+            self.deferred.append((row["id"], [(None, None, cleared)]))
+            row.update(status="queued", outputs=None, error=None)
+            context["steps"].pop(row["step_id"], None)
+        await self._write_changes(None, [])
         return index
 
     # --- helpers -------------------------------------------------------------------------
@@ -497,16 +500,59 @@ class JobRun:
         await self._write_changes(row, [(event, payload, values)])
 
     async def _write_changes(
-        self, row: dict[str, Any], changes: list[tuple[str, dict[str, Any] | None, dict[str, Any]]]
+        self, row: dict[str, Any] | None, changes: list[transitions.StepChange]
     ) -> None:
-        """Step changes (each with its event) in one transaction, fenced by the lease."""
-        async with self.store.write() as conn:
-            for event, payload, values in changes:
-                if not await transitions.update_step(
-                    conn, self.lease, row["id"], event, payload, **values
-                ):
-                    raise Stop("lease-lost")
+        """Step changes (each with its event) in one transaction, fenced by the lease,
+        after the ones not written yet."""
+        pending = self._take_deferred()
+        if row is not None and changes:
+            pending.append((row["id"], changes))
+        if not pending:
+            return
+        try:
+            await write(self.store, _change_steps, self.lease, pending)
+        except _LeaseLost:
+            raise Stop("lease-lost") from None
         await self.engine.journal.notify()
+
+
+# --- the transactions (synchronous: run by the store in one go) ------------------------------
+
+
+class _LeaseLost(Exception):
+    """Raised inside a transaction: the job is not ours any more; nothing is written."""
+
+
+def _change_steps(tx: Tx, lease: Lease, pending: Pending) -> None:
+    """Step changes in order; consecutive changes of one row as one UPDATE, and runs
+    of rows changed once each as one `change_steps`."""
+    batch: Pending = []
+    for step_id, changes in pending:
+        if batch and batch[-1][0] == step_id:
+            batch[-1] = (step_id, [*batch[-1][1], *changes])
+            continue
+        if any(row_id == step_id for row_id, _ in batch):  # changed again later: in order
+            _apply(tx, lease, batch)
+            batch = []
+        batch.append((step_id, list(changes)))
+    _apply(tx, lease, batch)
+
+
+def _apply(tx: Tx, lease: Lease, batch: Pending) -> None:
+    if batch and not transitions.change_steps(tx, lease, batch):
+        raise _LeaseLost
+
+
+def _finish(tx: Tx, lease: Lease, pending: Pending, status: str, options: dict[str, Any]) -> bool:
+    _change_steps(tx, lease, pending)
+    return transitions.finish_job(tx, lease, status, **options)
+
+
+def _retry(
+    tx: Tx, lease: Lease, pending: Pending, error: dict[str, Any], available_at: Any
+) -> bool:
+    _change_steps(tx, lease, pending)
+    return transitions.retry_job(tx, lease, error, available_at)
 
 
 def _invalid(exc: Exception, where: str = "") -> dict[str, Any]:

@@ -2,7 +2,11 @@
 (`workflow_run_logs`), both numbered by `seq` so readers can resume where they stopped.
 
 Events are written in the same transaction as the state change they describe (a run
-never says "finished" in its events while its row says "running"). Log lines are many,
+never says "finished" in its events while its row says "running"): the engine's
+transitions are synchronous functions of a `Tx`, which collects the events and inserts
+them together (one executemany, in order) just before the transaction commits; `write`
+runs one such function as one transaction (on SQLite in one hop to the store's thread,
+see `Store.transaction`). Log lines are many,
 so they are buffered and inserted in batches; `flush()` runs before a job's result is
 written, so a finished step's output is always readable. Every text passes through the
 run's secret masker before it is stored.
@@ -14,10 +18,11 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kblabs.store import Store
@@ -27,6 +32,9 @@ FLUSH_INTERVAL_S = 0.25
 FLUSH_BATCH = 200
 MAX_LINE_CHARS = 8000
 TERMINAL_EVENTS = frozenset({"run.finished", "run.failed", "run.cancelled", "run.skipped"})
+INSERT_EVENTS = insert(run_events)  # built once: building a statement costs more than running it
+
+T = TypeVar("T")
 
 
 def now() -> datetime:
@@ -40,21 +48,69 @@ def iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-async def add_event(
-    conn: AsyncConnection,
-    run_id: str,
-    type: str,
-    payload: dict[str, Any] | None = None,
-    *,
-    job_id: str | None = None,
-    step_id: str | None = None,
-) -> None:
-    """Record one event inside the caller's transaction."""
-    await conn.execute(
-        insert(run_events).values(
-            run_id=run_id, job_id=job_id, step_id=step_id, type=type, payload=payload, ts=now()
+class Tx:
+    """One engine transaction on a synchronous connection. `event()` records an event;
+    all of them are inserted together, in order, by `flush()` (which `write` calls
+    before the commit)."""
+
+    __slots__ = ("conn", "events")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.events: list[dict[str, Any]] = []
+
+    def execute(self, statement: Any, params: Any = None) -> Any:  # a CursorResult
+        return self.conn.execute(statement, params)
+
+    def event(
+        self,
+        run_id: str,
+        type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        step_id: str | None = None,
+    ) -> None:
+        self.events.append(
+            {
+                "run_id": run_id,
+                "job_id": job_id,
+                "step_id": step_id,
+                "type": type,
+                "payload": payload,
+                "ts": now(),
+            }
         )
-    )
+
+    def flush(self) -> None:
+        if self.events:
+            events, self.events = self.events, []
+            self.conn.execute(INSERT_EVENTS, events)
+
+
+INSERT_LINES = insert(run_logs)
+
+
+def _insert_lines(conn: Connection, batch: list[dict[str, Any]]) -> None:
+    conn.execute(INSERT_LINES, batch)
+
+
+def in_tx(conn: Connection, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(Tx, *args)` on `conn` (inside the caller's transaction); its events land too."""
+    tx = Tx(conn)
+    result = fn(tx, *args)
+    tx.flush()
+    return result
+
+
+async def write(store: Store, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(Tx, *args)` as one write transaction (`Store.transaction`)."""
+    return await store.transaction(in_tx, fn, *args)
+
+
+async def write_in(conn: AsyncConnection, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(Tx, *args)` inside the async write transaction the caller holds."""
+    return await conn.run_sync(in_tx, fn, *args)
 
 
 def event_to_dict(row: Any) -> dict[str, Any]:
@@ -122,8 +178,7 @@ class Journal:
         if not batch:
             return
         try:
-            async with self.store.write() as conn:
-                await conn.execute(insert(run_logs), batch)
+            await self.store.transaction(_insert_lines, batch)
         except Exception as exc:  # logs must never break a run; keep them for next time
             logger.warning("could not write {} workflow log lines: {}", len(batch), exc)
             self._buffer = batch + self._buffer

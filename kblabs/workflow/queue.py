@@ -8,29 +8,32 @@
 - reap: jobs whose lease expired go back to the queue without spending a retry; the
   step that was running is queued again (it runs again from its start).
 - Every write a worker makes about its job is fenced with `lease_token`.
+
+Each of these is one synchronous function run by the store in one go (one hop to its
+thread on SQLite, see `Store.transaction`); the claim also reads what the worker needs
+to start the job (the run, its jobs and steps), so starting costs no second trip.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, bindparam, exists, func, select, update
+from sqlalchemy.engine import Connection
 
 from kblabs.store import Store
+from kblabs.store.service import begin_write
 from kblabs.store.tables import workflow_jobs as jobs
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.store.tables import workflow_steps as steps
-from kblabs.workflow.journal import add_event, now
+from kblabs.workflow.journal import Tx, in_tx, now, write
 
 LEASE = timedelta(seconds=30)
-# Built once: making an alias copies every column, which per claim costs more than the
-# query itself.
-BUSY = jobs.alias("busy")
-OTHER = runs.alias("other")
 ACTIVE_RUN = ("queued", "running")
 
 
@@ -42,9 +45,140 @@ class Lease:
     owner: str
 
 
+@dataclass
+class Claim:
+    """A claimed job: its lease, and the rows read in the claiming transaction."""
+
+    lease: Lease
+    run: Any = None  # the run row
+    job: Any = None  # the job row
+    jobs: list[Any] = field(default_factory=list)  # every job row of the run
+    steps: list[dict[str, Any]] = field(default_factory=list)  # every step row of the run
+
+
 def fenced(lease: Lease) -> Any:
     """WHERE clause: this job, still ours."""
     return and_(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token)
+
+
+def _claimable() -> Any:
+    """Queued, due (`b_now`), not cancelled; its job-level group has no running job, and
+    its run's group has no other running run (one active run per group)."""
+    busy = jobs.alias("busy")
+    job_group_busy = exists().where(
+        busy.c.concurrency_group == jobs.c.concurrency_group,
+        busy.c.status == "running",
+        busy.c.id != jobs.c.id,
+    )
+    other = runs.alias("other")
+    run_group_busy = exists().where(
+        other.c.concurrency_group == runs.c.concurrency_group,
+        other.c.status == "running",
+        other.c.id != runs.c.id,
+    )
+    return and_(
+        jobs.c.status == "queued",
+        jobs.c.available_at <= bindparam("b_now"),
+        jobs.c.cancel_requested.is_(False),
+        ~and_(jobs.c.concurrency_group.is_not(None), job_group_busy),
+        ~and_(runs.c.concurrency_group.is_not(None), run_group_busy),
+    )
+
+
+# Built once, with bound parameters: building a statement (and an alias, which copies
+# every column) costs more than running it.
+_JOINED = jobs.join(runs, runs.c.id == jobs.c.run_id)
+ANYTHING_DUE = select(jobs.c.id).select_from(_JOINED).where(_claimable()).limit(1)
+CANDIDATE = (
+    select(jobs.c.id, jobs.c.run_id, jobs.c.started_at)
+    .select_from(_JOINED)
+    .where(_claimable())
+    .order_by(jobs.c.priority, jobs.c.available_at)
+    .limit(1)
+)
+TAKE = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"), jobs.c.status == "queued")
+    .values(
+        status="running",
+        lease_owner=bindparam("b_owner"),
+        lease_token=bindparam("b_token"),
+        lease_expires_at=bindparam("b_expires"),
+        attempt=jobs.c.attempt + 1,
+        started_at=bindparam("b_started"),
+    )
+)
+MARK_RUN_RUNNING = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_run"), runs.c.status == "queued")
+    .values(status="running", started_at=bindparam("b_stamp"))
+)
+RUN = select(runs).where(runs.c.id == bindparam("b_run"))
+JOBS_OF_RUN = select(jobs).where(jobs.c.run_id == bindparam("b_run"))
+STEPS_OF_RUN = (
+    select(steps)
+    .where(steps.c.run_id == bindparam("b_run"))
+    .order_by(steps.c.job_id, steps.c.section, steps.c.idx)
+)
+HEARTBEAT = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("b_job"),
+        jobs.c.lease_token == bindparam("b_token"),
+        jobs.c.status == "running",
+    )
+    .values(lease_expires_at=bindparam("b_expires"))
+)
+CANCEL_FLAGS = (
+    select(jobs.c.cancel_requested, runs.c.cancel_requested.label("run_cancel"))
+    .select_from(_JOINED)
+    .where(jobs.c.id == bindparam("b_job"))
+)
+RELEASE = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("b_job"),
+        jobs.c.lease_token == bindparam("b_token"),
+        jobs.c.status == "running",
+    )
+    .values(
+        status="queued",
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+        available_at=bindparam("b_stamp"),
+    )
+)
+REQUEUE_RUNNING_STEPS = (  # the interrupted step runs again
+    update(steps)
+    .where(steps.c.job_id == bindparam("b_job"), steps.c.status == "running")
+    .values(status="queued", started_at=None)
+)
+EXPIRED = select(jobs.c.id, jobs.c.run_id, jobs.c.cancel_requested).where(
+    jobs.c.status == "running", jobs.c.lease_expires_at < bindparam("b_now")
+)
+REQUEUE_EXPIRED = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"), jobs.c.status == "running")
+    .values(
+        status="queued",
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+        available_at=bindparam("b_stamp"),
+    )
+)
+CLOSE_CANCELLED = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"))
+    .values(
+        status="cancelled",
+        finished_at=bindparam("b_stamp"),
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+    )
+)
 
 
 class JobQueue:
@@ -53,173 +187,84 @@ class JobQueue:
         self.owner = owner
         self.lease = lease
 
-    def _claimable(self, stamp: datetime) -> Any:
-        """Queued, due, not cancelled; its job-level group has no running job, and its
-        run's group has no other running run (one active run per group)."""
-        busy = BUSY
-        job_group_busy = exists().where(
-            busy.c.concurrency_group == jobs.c.concurrency_group,
-            busy.c.status == "running",
-            busy.c.id != jobs.c.id,
-        )
-        other = OTHER
-        run_group_busy = exists().where(
-            other.c.concurrency_group == runs.c.concurrency_group,
-            other.c.status == "running",
-            other.c.id != runs.c.id,
-        )
-        return and_(
-            jobs.c.status == "queued",
-            jobs.c.available_at <= stamp,
-            jobs.c.cancel_requested.is_(False),
-            ~and_(jobs.c.concurrency_group.is_not(None), job_group_busy),
-            ~and_(runs.c.concurrency_group.is_not(None), run_group_busy),
-        )
-
-    async def claim(self) -> Lease | None:
-        stamp = now()
-        if not await self._anything_due(stamp):  # a read: idle polls take no write lock
-            return None
+    async def claim(self, *, expected: bool = False) -> Claim | None:
+        """A job for this worker, or None. `expected`: there is likely work (the worker
+        just finished a job, or was woken for new work), so the read that keeps idle
+        polls from taking the write lock is skipped."""
         token = uuid.uuid4().hex
-        async with self.store.write() as conn:
-            candidate = (
-                await conn.execute(
-                    select(jobs.c.id, jobs.c.run_id, jobs.c.started_at)
-                    .select_from(jobs.join(runs, runs.c.id == jobs.c.run_id))
-                    .where(self._claimable(stamp))
-                    .order_by(jobs.c.priority, jobs.c.available_at)
-                    .limit(1)
-                )
-            ).first()
-            if candidate is None:
-                return None
-            taken = await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == candidate.id, jobs.c.status == "queued")
-                .values(
-                    status="running",
-                    lease_owner=self.owner,
-                    lease_token=token,
-                    lease_expires_at=stamp + self.lease,
-                    attempt=jobs.c.attempt + 1,
-                    started_at=candidate.started_at or stamp,
-                )
-            )
-            if taken.rowcount != 1:
-                return None
-            await _mark_run_running(conn, candidate.run_id, stamp)
-            await add_event(
-                conn,
-                candidate.run_id,
-                "job.started",
-                {"jobName": candidate.id.split(":", 1)[1], "worker": self.owner},
-                job_id=candidate.id,
-            )
-        return Lease(candidate.id, candidate.run_id, token, self.owner)
+        claiming = asyncio.ensure_future(self.store.run_sync(self._claim, token, expected))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # the claim runs on in the store's thread; a job it took goes back at once
+            with contextlib.suppress(Exception):
+                claim = await claiming
+                if claim is not None:
+                    await self.release(claim.lease)
+            raise
 
-    async def _anything_due(self, stamp: datetime) -> bool:
-        async with self.store.engine.connect() as conn:
-            found = await conn.execute(
-                select(jobs.c.id)
-                .select_from(jobs.join(runs, runs.c.id == jobs.c.run_id))
-                .where(self._claimable(stamp))
-                .limit(1)
-            )
-            return found.first() is not None
+    def _claim(self, conn: Connection, token: str, expected: bool) -> Claim | None:
+        stamp = now()
+        if not expected:  # a read first: idle polls take no write lock
+            due = conn.execute(ANYTHING_DUE, {"b_now": stamp}).first()
+            conn.rollback()
+            if due is None:
+                return None
+        with begin_write(conn):
+            return in_tx(conn, self._take, stamp, token)
+
+    def _take(self, tx: Tx, stamp: datetime, token: str) -> Claim | None:
+        candidate = tx.execute(CANDIDATE, {"b_now": stamp}).first()
+        if candidate is None:
+            return None
+        taken = tx.execute(
+            TAKE,
+            {
+                "b_job": candidate.id,
+                "b_owner": self.owner,
+                "b_token": token,
+                "b_expires": stamp + self.lease,
+                "b_started": candidate.started_at or stamp,
+            },
+        )
+        if taken.rowcount != 1:
+            return None
+        if tx.execute(MARK_RUN_RUNNING, {"b_run": candidate.run_id, "b_stamp": stamp}).rowcount:
+            tx.event(candidate.run_id, "run.started", {"status": "running"})
+        tx.event(
+            candidate.run_id,
+            "job.started",
+            {"jobName": candidate.id.split(":", 1)[1], "worker": self.owner},
+            job_id=candidate.id,
+        )
+        claim = Claim(Lease(candidate.id, candidate.run_id, token, self.owner))
+        claim.run = tx.execute(RUN, {"b_run": candidate.run_id}).mappings().one()
+        claim.jobs = list(tx.execute(JOBS_OF_RUN, {"b_run": candidate.run_id}).mappings())
+        claim.job = next(row for row in claim.jobs if row["id"] == candidate.id)
+        claim.steps = [
+            dict(row) for row in tx.execute(STEPS_OF_RUN, {"b_run": candidate.run_id}).mappings()
+        ]
+        return claim
 
     async def heartbeat(self, lease: Lease) -> bool:
-        async with self.store.write() as conn:
-            result = await conn.execute(
-                update(jobs)
-                .where(fenced(lease), jobs.c.status == "running")
-                .values(lease_expires_at=now() + self.lease)
-            )
-        return result.rowcount == 1
+        params = {"b_job": lease.job_id, "b_token": lease.token, "b_expires": now() + self.lease}
+        return await write(self.store, _rowcount_is_one, HEARTBEAT, params)
 
     async def cancel_requested(self, lease: Lease) -> bool:
-        async with self.store.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(jobs.c.cancel_requested, runs.c.cancel_requested.label("run_cancel"))
-                    .select_from(jobs.join(runs, runs.c.id == jobs.c.run_id))
-                    .where(jobs.c.id == lease.job_id)
-                )
-            ).first()
+        row = await self.store.run_sync(_first, CANCEL_FLAGS, {"b_job": lease.job_id})
         return row is None or bool(row.cancel_requested or row.run_cancel)
 
     async def release(self, lease: Lease) -> None:
         """Give a job back at shutdown: queued at once for another worker, the step
         that was running runs again."""
-        async with self.store.write() as conn:
-            released = await conn.execute(
-                update(jobs)
-                .where(fenced(lease), jobs.c.status == "running")
-                .values(
-                    status="queued",
-                    lease_owner=None,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    available_at=now(),
-                )
-            )
-            if released.rowcount == 1:
-                await conn.execute(
-                    update(steps)
-                    .where(steps.c.job_id == lease.job_id, steps.c.status == "running")
-                    .values(status="queued", started_at=None)
-                )
-                await add_event(
-                    conn,
-                    lease.run_id,
-                    "job.interrupted",
-                    {"jobName": lease.job_id.split(":", 1)[1], "reason": "worker stopped"},
-                    job_id=lease.job_id,
-                )
+        await write(self.store, _release, lease)
 
     async def reap(self) -> list[str]:
         """Re-queue jobs whose lease expired (their worker died or hung)."""
-        stamp = now()
-        async with self.store.write() as conn:
-            expired = (
-                await conn.execute(
-                    select(jobs.c.id, jobs.c.run_id, jobs.c.cancel_requested).where(
-                        jobs.c.status == "running", jobs.c.lease_expires_at < stamp
-                    )
-                )
-            ).all()
-            for job_id, run_id, cancelled in expired:
-                if cancelled:  # its run was cancelled meanwhile: close it, do not re-run it
-                    await _close_cancelled(conn, job_id, run_id, stamp)
-                    continue
-                await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.status == "running")
-                    .values(
-                        status="queued",
-                        lease_owner=None,
-                        lease_token=None,
-                        lease_expires_at=None,
-                        available_at=stamp,
-                    )
-                )
-                await conn.execute(  # the interrupted step runs again
-                    update(steps)
-                    .where(steps.c.job_id == job_id, steps.c.status == "running")
-                    .values(status="queued", started_at=None)
-                )
-                await add_event(
-                    conn,
-                    run_id,
-                    "job.interrupted",
-                    {"jobName": job_id.split(":", 1)[1], "reason": "lease expired"},
-                    job_id=job_id,
-                )
-        return [job_id for job_id, _, _ in expired]
+        return await write(self.store, _reap)
 
     async def depth(self) -> tuple[int, float | None]:
         """(queued jobs, age in seconds of the oldest due one) for the metrics."""
-        from sqlalchemy import func
-
         stamp = now()
         async with self.store.engine.connect() as conn:
             count, oldest = (
@@ -233,42 +278,55 @@ class JobQueue:
         return int(count), age
 
 
-async def _close_cancelled(
-    conn: AsyncConnection, job_id: str, run_id: str, stamp: datetime
-) -> None:
-    await conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values(
-            status="cancelled",
-            finished_at=stamp,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-        )
+def _rowcount_is_one(tx: Tx, statement: Any, params: dict[str, Any]) -> bool:
+    return bool(tx.execute(statement, params).rowcount == 1)
+
+
+def _first(conn: Connection, statement: Any, params: dict[str, Any]) -> Any:
+    return conn.execute(statement, params).first()
+
+
+def _release(tx: Tx, lease: Lease) -> None:
+    released = tx.execute(
+        RELEASE, {"b_job": lease.job_id, "b_token": lease.token, "b_stamp": now()}
     )
-    for before, after in (("running", "cancelled"), ("queued", "skipped")):
-        await conn.execute(
-            update(steps)
-            .where(steps.c.job_id == job_id, steps.c.status == before)
-            .values(status=after, finished_at=stamp)
+    if released.rowcount == 1:
+        tx.execute(REQUEUE_RUNNING_STEPS, {"b_job": lease.job_id})
+        tx.event(
+            lease.run_id,
+            "job.interrupted",
+            {"jobName": lease.job_id.split(":", 1)[1], "reason": "worker stopped"},
+            job_id=lease.job_id,
         )
-    await add_event(
-        conn, run_id, "job.cancelled", {"jobName": job_id.split(":", 1)[1]}, job_id=job_id
-    )
+
+
+def _reap(tx: Tx) -> list[str]:
+    stamp = now()
+    expired = tx.execute(EXPIRED, {"b_now": stamp}).all()
+    for job_id, run_id, cancelled in expired:
+        if cancelled:  # its run was cancelled meanwhile: close it, do not re-run it
+            _close_cancelled(tx, job_id, run_id, stamp)
+            continue
+        tx.execute(REQUEUE_EXPIRED, {"b_job": job_id, "b_stamp": stamp})
+        tx.execute(REQUEUE_RUNNING_STEPS, {"b_job": job_id})  # the interrupted step runs again
+        tx.event(
+            run_id,
+            "job.interrupted",
+            {"jobName": job_id.split(":", 1)[1], "reason": "lease expired"},
+            job_id=job_id,
+        )
+    return [job_id for job_id, _, _ in expired]
+
+
+def _close_cancelled(tx: Tx, job_id: str, run_id: str, stamp: datetime) -> None:
+    from kblabs.workflow.transitions import close_steps
+
+    tx.execute(CLOSE_CANCELLED, {"b_job": job_id, "b_stamp": stamp})
+    close_steps(tx, job_id, "cancelled")
+    tx.event(run_id, "job.cancelled", {"jobName": job_id.split(":", 1)[1]}, job_id=job_id)
 
 
 def _aware(value: datetime) -> datetime:
     from datetime import UTC
 
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-async def _mark_run_running(conn: AsyncConnection, run_id: str, stamp: datetime) -> None:
-    started = await conn.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.status == "queued")
-        .values(status="running", started_at=stamp)
-    )
-    if started.rowcount == 1:
-        await add_event(conn, run_id, "run.started", {"status": "running"})

@@ -8,6 +8,13 @@ The rules (ARCHITECTURE §8, reference workflow §6):
   is a new run);
 - a worker's writes are fenced by its lease token: after its lease expired and another
   worker took the job over, the first worker's late results are discarded.
+
+Each function is synchronous and takes a `Tx` (journal.py): the caller runs it, with
+whatever else belongs to the same transaction, through `journal.write` (one hop to the
+store's thread on SQLite) or `journal.write_in` (inside an async transaction it holds).
+The statements are built once, with bound parameters: building one costs several times
+what running it does. An UPDATE built without `.values()` sets the columns named in its
+parameters; its own WHERE parameters are named `b_*` so they never clash with a column.
 """
 
 from __future__ import annotations
@@ -15,15 +22,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import String, and_, bindparam, case, exists, insert, select, update
 
 from kblabs.store.tables import workflow_approvals as approvals
 from kblabs.store.tables import workflow_jobs as jobs
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.store.tables import workflow_steps as steps
-from kblabs.workflow.journal import add_event, now
-from kblabs.workflow.queue import Lease, fenced
+from kblabs.workflow.journal import Tx, now
+from kblabs.workflow.queue import Lease
 from kblabs.workflow.spec import WorkflowSpec
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
@@ -53,11 +59,132 @@ def section_steps(spec: WorkflowSpec, job_name: str, section: str) -> list[Any]:
     )
 
 
+# --- statements, built once --------------------------------------------------------------
+
+INSERT_RUN = insert(runs)
+INSERT_JOB = insert(jobs)
+INSERT_STEPS = insert(steps)
+RUN = select(runs).where(runs.c.id == bindparam("b_run"))
+# what finishing a job needs of its run (not the spec, inputs, env: JSON to decode)
+RUN_STATE = select(
+    runs.c.id,
+    runs.c.status,
+    runs.c.name,
+    runs.c.metadata,
+    runs.c.result,
+    runs.c.parent_run_id,
+    runs.c.created_at,
+    runs.c.started_at,
+).where(runs.c.id == bindparam("b_run"))
+RUN_SPEC = select(runs.c.spec).where(runs.c.id == bindparam("b_run"))
+RUN_METADATA = select(runs.c.metadata).where(runs.c.id == bindparam("b_run"))
+JOB = select(jobs).where(jobs.c.id == bindparam("b_job"))
+JOBS_OF_RUN = select(jobs).where(jobs.c.run_id == bindparam("b_run"))
+JOB_STATES = select(jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.error).where(
+    jobs.c.run_id == bindparam("b_run")
+)
+STEPS_OF_RUN = (
+    select(steps)
+    .where(steps.c.run_id == bindparam("b_run"))
+    .order_by(steps.c.job_id, steps.c.section, steps.c.idx)
+)
+LEASE_HOLDS = select(jobs.c.id).where(
+    jobs.c.id == bindparam("b_job"), jobs.c.lease_token == bindparam("b_token")
+)
+# a step of a job that is still ours (the lease check is part of the UPDATE)
+UPDATE_STEP = update(steps).where(
+    steps.c.id == bindparam("b_step"),
+    exists().where(jobs.c.id == bindparam("b_job"), jobs.c.lease_token == bindparam("b_token")),
+)
+UPDATE_STEP_WHERE_STATUS = update(steps).where(
+    steps.c.id == bindparam("b_step"), steps.c.status == bindparam("b_status")
+)
+UPDATE_JOB_FENCED = update(jobs).where(
+    jobs.c.id == bindparam("b_job"), jobs.c.lease_token == bindparam("b_token")
+)
+UPDATE_JOB = update(jobs).where(jobs.c.id == bindparam("b_job"))
+UPDATE_RUN = update(runs).where(runs.c.id == bindparam("b_run"))
+REQUEUE_WAITING = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"), jobs.c.status == "waiting")
+    .values(status="queued", available_at=bindparam("b_stamp"))
+)
+RETRY_JOB = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"), jobs.c.lease_token == bindparam("b_token"))
+    .values(
+        status="queued",
+        failures=jobs.c.failures + 1,
+        available_at=bindparam("b_at"),
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+        error=bindparam("b_error"),
+    )
+)
+RETRY_STEPS = (
+    update(steps)
+    .where(
+        steps.c.job_id == bindparam("b_job"),
+        (steps.c.status != "success") | steps.c.section.in_(("onSuccess", "onFailure", "post")),
+    )
+    .values(status="queued", outputs=None, error=None, started_at=None, finished_at=None)
+)
+# close_steps: never-ran steps are skipped, cut-off ones `b_cut` (one statement)
+CLOSE_STEPS = (
+    update(steps)
+    .where(
+        steps.c.job_id == bindparam("b_job"),
+        steps.c.status.in_(("queued", "running", "waiting_approval", "waiting_child")),
+    )
+    .values(
+        status=case(
+            (steps.c.status == "queued", "skipped"), else_=bindparam("b_cut", type_=String())
+        ),
+        finished_at=bindparam("b_stamp"),
+    )
+)
+FINALIZE_RUN = update(runs).where(
+    runs.c.id == bindparam("b_run"), runs.c.status.not_in(TERMINAL_RUN)
+)
+CANCEL_IDLE_JOBS = (
+    update(jobs)
+    .where(
+        jobs.c.run_id == bindparam("b_run"),
+        jobs.c.status.in_(("queued", "blocked", "waiting")),
+    )
+    .values(
+        status="cancelled", finished_at=bindparam("b_stamp"), lease_owner=None, lease_token=None
+    )
+)
+IDLE_JOBS = select(jobs.c.id).where(
+    jobs.c.run_id == bindparam("b_run"), jobs.c.status.in_(("queued", "blocked", "waiting"))
+)
+FLAG_RUNNING_JOBS = (
+    update(jobs)
+    .where(jobs.c.run_id == bindparam("b_run"), jobs.c.status == "running")
+    .values(cancel_requested=True)
+)
+CANCEL_APPROVALS = (
+    update(approvals)
+    .where(approvals.c.run_id == bindparam("b_run"), approvals.c.status == "pending")
+    .values(status="cancelled", resolved_at=bindparam("b_stamp"))
+)
+CANCEL_WAITING_STEPS = (
+    update(steps)
+    .where(
+        steps.c.run_id == bindparam("b_run"),
+        steps.c.status.in_(("waiting_approval", "waiting_child")),
+    )
+    .values(status="cancelled", finished_at=bindparam("b_stamp"))
+)
+
+
 # --- creating a run ----------------------------------------------------------------------
 
 
-async def insert_run(
-    conn: AsyncConnection,
+def insert_run(
+    tx: Tx,
     *,
     run_id: str,
     spec: WorkflowSpec,
@@ -72,51 +199,55 @@ async def insert_run(
     parent_run_id: str | None,
     depth: int,
     job_groups: dict[str, str] | None = None,
+    spec_data: dict[str, Any] | None = None,
 ) -> None:
     stamp = now()
     rank = PRIORITY_RANK[spec.priority]
-    await conn.execute(
-        insert(runs).values(
-            id=run_id,
-            tenant_id=tenant_id,
-            workflow_id=workflow_id,
-            name=spec.name,
-            version=spec.version,
-            status="queued",
-            trigger=trigger,
-            inputs=inputs,
-            env=env,
-            metadata=metadata,
-            spec=spec.to_data(),
-            idempotency_key=idempotency_key,
-            concurrency_group=concurrency_group,
-            parent_run_id=parent_run_id,
-            depth=depth,
-            priority=rank,
-            cancel_requested=False,
-            created_at=stamp,
-        )
+    tx.execute(
+        INSERT_RUN,
+        {
+            "id": run_id,
+            "tenant_id": tenant_id,
+            "workflow_id": workflow_id,
+            "name": spec.name,
+            "version": spec.version,
+            "status": "queued",
+            "trigger": trigger,
+            "inputs": inputs,
+            "env": env,
+            "metadata": metadata,
+            "spec": spec_data if spec_data is not None else spec.to_data(),
+            "idempotency_key": idempotency_key,
+            "concurrency_group": concurrency_group,
+            "parent_run_id": parent_run_id,
+            "depth": depth,
+            "priority": rank,
+            "cancel_requested": False,
+            "created_at": stamp,
+        },
     )
+    job_rows = []
+    step_rows = []
     for name, job in spec.jobs.items():
         job_id = job_row_id(run_id, name)
-        await conn.execute(
-            insert(jobs).values(
-                id=job_id,
-                run_id=run_id,
-                name=name,
-                status="blocked" if job.needs else "queued",
-                priority=PRIORITY_RANK[spec.job_priority(name)],
-                needs=list(job.needs),
-                pending_deps=len(job.needs),
-                attempt=0,
-                failures=0,
-                available_at=stamp,
-                concurrency_group=(job_groups or {}).get(name),
-                cancel_requested=False,
-                created_at=stamp,
-            )
+        job_rows.append(
+            {
+                "id": job_id,
+                "run_id": run_id,
+                "name": name,
+                "status": "blocked" if job.needs else "queued",
+                "priority": PRIORITY_RANK[spec.job_priority(name)],
+                "needs": list(job.needs),
+                "pending_deps": len(job.needs),
+                "attempt": 0,
+                "failures": 0,
+                "available_at": stamp,
+                "concurrency_group": (job_groups or {}).get(name),
+                "cancel_requested": False,
+                "created_at": stamp,
+            }
         )
-        rows = [
+        step_rows += [
             {
                 "id": step_row_id(job_id, section, index),
                 "run_id": run_id,
@@ -132,10 +263,10 @@ async def insert_run(
             for section in SECTIONS
             for index, step in enumerate(section_steps(spec, name, section))
         ]
-        if rows:
-            await conn.execute(insert(steps), rows)
-    await add_event(
-        conn,
+    tx.execute(INSERT_JOB, job_rows)
+    if step_rows:
+        tx.execute(INSERT_STEPS, step_rows)
+    tx.event(
         run_id,
         "run.created",
         {"status": "queued", "name": spec.name, "version": spec.version},
@@ -144,14 +275,17 @@ async def insert_run(
 
 # --- steps -------------------------------------------------------------------------------
 
+# (event, payload, column values) of one change of a step row
+StepChange = tuple[str | None, dict[str, Any] | None, dict[str, Any]]
 
-async def lease_holds(conn: AsyncConnection, lease: Lease) -> bool:
-    row = (await conn.execute(select(jobs.c.id).where(fenced(lease)))).first()
+
+def lease_holds(tx: Tx, lease: Lease) -> bool:
+    row = tx.execute(LEASE_HOLDS, {"b_job": lease.job_id, "b_token": lease.token}).first()
     return row is not None
 
 
-async def update_step(
-    conn: AsyncConnection,
+def update_step(
+    tx: Tx,
     lease: Lease,
     step_id: str,
     event: str | None = None,
@@ -160,66 +294,75 @@ async def update_step(
 ) -> bool:
     """Change a step row if the job is still ours; False when the lease is lost. The
     lease check is part of the UPDATE (one statement, no separate read)."""
-    ours = exists().where(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token)
-    changed = await conn.execute(update(steps).where(steps.c.id == step_id, ours).values(**values))
-    if changed.rowcount != 1:
-        return False
-    if event:
-        await add_event(conn, lease.run_id, event, payload, job_id=lease.job_id, step_id=step_id)
+    return change_step(tx, lease, step_id, [(event, payload, values)])
+
+
+def change_step(tx: Tx, lease: Lease, step_id: str, changes: list[StepChange]) -> bool:
+    """Several changes of one step row (a start and an end) as one fenced UPDATE with
+    the values merged, each change's event recorded in order; False when the lease is
+    lost."""
+    return change_steps(tx, lease, [(step_id, changes)])
+
+
+def change_steps(tx: Tx, lease: Lease, rows: list[tuple[str, list[StepChange]]]) -> bool:
+    """`change_step` for several step rows (each listed once); rows changed alike (the
+    same columns) go in one executemany where the driver counts its rows. False when
+    the lease is lost (then some rows may have changed: the caller rolls back)."""
+    params = []
+    for step_id, changes in rows:
+        values: dict[str, Any] = {}
+        for _, _, more in changes:
+            values.update(more)
+        params.append({"b_step": step_id, "b_job": lease.job_id, "b_token": lease.token, **values})
+    alike = all(p.keys() == params[0].keys() for p in params)
+    if len(params) > 1 and alike and tx.conn.dialect.supports_sane_multi_rowcount:
+        if tx.execute(UPDATE_STEP, params).rowcount != len(params):
+            return False
+    else:
+        for one in params:
+            if tx.execute(UPDATE_STEP, one).rowcount != 1:
+                return False
+    for step_id, changes in rows:
+        for event, payload, _ in changes:
+            if event:
+                tx.event(lease.run_id, event, payload, job_id=lease.job_id, step_id=step_id)
     return True
 
 
 # --- finishing a job ---------------------------------------------------------------------
 
 
-async def release_for_approval(conn: AsyncConnection, lease: Lease) -> bool:
+def release_for_approval(tx: Tx, lease: Lease) -> bool:
     """The job waits for a person: its worker slot and lease are given back."""
-    result = await conn.execute(
-        update(jobs)
-        .where(fenced(lease))
-        .values(status="waiting", lease_owner=None, lease_token=None, lease_expires_at=None)
+    result = tx.execute(
+        UPDATE_JOB_FENCED,
+        {
+            "b_job": lease.job_id,
+            "b_token": lease.token,
+            "status": "waiting",
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_expires_at": None,
+        },
     )
     return result.rowcount == 1
 
 
-async def requeue_after_approval(conn: AsyncConnection, job_id: str) -> None:
-    await conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == "waiting")
-        .values(status="queued", available_at=now())
-    )
+def requeue_after_approval(tx: Tx, job_id: str) -> None:
+    tx.execute(REQUEUE_WAITING, {"b_job": job_id, "b_stamp": now()})
 
 
-async def retry_job(
-    conn: AsyncConnection, lease: Lease, error: dict[str, Any], available_at: datetime
-) -> bool:
+def retry_job(tx: Tx, lease: Lease, error: dict[str, Any], available_at: datetime) -> bool:
     """A failed attempt with retries left: back to the queue at `available_at`; the
     steps that did not succeed (and the hooks) run again, the successful ones do not."""
-    result = await conn.execute(
-        update(jobs)
-        .where(fenced(lease))
-        .values(
-            status="queued",
-            failures=jobs.c.failures + 1,
-            available_at=available_at,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            error=error,
-        )
+    result = tx.execute(
+        RETRY_JOB,
+        {"b_job": lease.job_id, "b_token": lease.token, "b_at": available_at, "b_error": error},
     )
     if result.rowcount != 1:
         return False
-    await conn.execute(
-        update(steps)
-        .where(
-            steps.c.job_id == lease.job_id,
-            (steps.c.status != "success") | steps.c.section.in_(("onSuccess", "onFailure", "post")),
-        )
-        .values(status="queued", outputs=None, error=None, started_at=None, finished_at=None)
-    )
-    await add_event(
-        conn,
+    tx.execute(RETRY_STEPS, {"b_job": lease.job_id})
+    tx.event(
         lease.run_id,
         "job.retrying",
         {
@@ -232,8 +375,8 @@ async def retry_job(
     return True
 
 
-async def finish_job(
-    conn: AsyncConnection,
+def finish_job(
+    tx: Tx,
     lease: Lease,
     status: str,
     *,
@@ -242,69 +385,63 @@ async def finish_job(
     skip_reason: str | None = None,
     exhausted_retries: bool = False,
     spec: WorkflowSpec | None = None,
+    steps_closed: bool = False,
 ) -> bool:
     """A job's final answer: success, failed, cancelled or skipped. Dependents are
-    unblocked or skipped and the run's status settled, all in this transaction."""
-    run = (await conn.execute(select(runs).where(runs.c.id == lease.run_id))).mappings().one()
+    unblocked or skipped and the run's status settled, all in this transaction.
+    `steps_closed`: the caller knows every step of the job ended (none to close)."""
+    run: Any = tx.execute(RUN_STATE, {"b_run": lease.run_id}).mappings().one()
     if run["status"] in TERMINAL_RUN:
         status = "cancelled" if status not in TERMINAL_JOB - {"success"} else status
     stamp = now()
-    result = await conn.execute(
-        update(jobs)
-        .where(fenced(lease))
-        .values(
-            status=status,
-            outputs=outputs,
-            error=error,
-            skip_reason=skip_reason,
-            finished_at=stamp,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-        )
+    result = tx.execute(
+        UPDATE_JOB_FENCED,
+        {
+            "b_job": lease.job_id,
+            "b_token": lease.token,
+            "status": status,
+            "outputs": outputs,
+            "error": error,
+            "skip_reason": skip_reason,
+            "finished_at": stamp,
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_expires_at": None,
+        },
     )
     if result.rowcount != 1:
         return False
-    await close_steps(conn, lease.job_id, status)
+    if not steps_closed:
+        close_steps(tx, lease.job_id, status)
     name = lease.job_id.split(":", 1)[1]
     event = {"success": "job.succeeded", "failed": "job.failed"}.get(status, f"job.{status}")
     payload: dict[str, Any] = {"jobName": name}
     if error:
         payload["error"] = error
-    await add_event(conn, lease.run_id, event, payload, job_id=lease.job_id)
-    spec = spec or WorkflowSpec.model_validate(run["spec"])  # the caller's copy saves a parse
+    tx.event(lease.run_id, event, payload, job_id=lease.job_id)
+    if spec is None:  # the caller's copy saves a read and a parse
+        spec = WorkflowSpec.model_validate(tx.execute(RUN_SPEC, {"b_run": lease.run_id}).scalar())
     if exhausted_retries:
-        await _remember(conn, lease.run_id, dlq_job=name)
-    await settle_dependents(conn, lease.run_id, spec, name, status)
-    await settle_run(conn, lease.run_id, spec)
+        run = {**run, "metadata": _remember(tx, lease.run_id, dlq_job=name)}
+    settle_dependents(tx, lease.run_id, spec, name, status)
+    # the run's only job: its state is the one just written (a run's jobs never change)
+    alone = [{"id": lease.job_id, "name": name, "status": status, "error": error}]
+    settle_run(tx, lease.run_id, spec, run, alone if len(spec.jobs) == 1 else None)
     return True
 
 
-async def close_steps(conn: AsyncConnection, job_id: str, job_status: str) -> None:
+def close_steps(tx: Tx, job_id: str, job_status: str) -> None:
     """A finished job's steps that never ran are `skipped`; one cut off mid-run (cancel,
     timeout) or still waiting for a person is `cancelled`."""
-    stamp = now()
-    await conn.execute(
-        update(steps)
-        .where(steps.c.job_id == job_id, steps.c.status == "queued")
-        .values(status="skipped", finished_at=stamp)
-    )
     cut = "cancelled" if job_status in ("cancelled", "failed") else "skipped"
-    await conn.execute(
-        update(steps)
-        .where(
-            steps.c.job_id == job_id,
-            steps.c.status.in_(("running", "waiting_approval", "waiting_child")),
-        )
-        .values(status=cut, finished_at=stamp)
-    )
+    tx.execute(CLOSE_STEPS, {"b_job": job_id, "b_cut": cut, "b_stamp": now()})
 
 
-async def _remember(conn: AsyncConnection, run_id: str, **values: Any) -> None:
-    row = (await conn.execute(select(runs.c.metadata).where(runs.c.id == run_id))).one()
-    await conn.execute(
-        update(runs).where(runs.c.id == run_id).values(metadata={**row[0], **values})
-    )
+def _remember(tx: Tx, run_id: str, **values: Any) -> dict[str, Any]:
+    row = tx.execute(RUN_METADATA, {"b_run": run_id}).one()
+    metadata = {**row[0], **values}
+    tx.execute(UPDATE_RUN, {"b_run": run_id, "metadata": metadata})
+    return metadata
 
 
 def _counts_as_done(spec: WorkflowSpec, job_name: str, status: str) -> bool:
@@ -312,16 +449,14 @@ def _counts_as_done(spec: WorkflowSpec, job_name: str, status: str) -> bool:
     return status == "success" or (status == "failed" and job.continue_on_error)
 
 
-async def settle_dependents(
-    conn: AsyncConnection, run_id: str, spec: WorkflowSpec, job_name: str, status: str
-) -> None:
+def settle_dependents(tx: Tx, run_id: str, spec: WorkflowSpec, job_name: str, status: str) -> None:
     """Unblock jobs that needed `job_name`, or skip them (and theirs) when it failed."""
     done = _counts_as_done(spec, job_name, status)
     for dependent, job in spec.jobs.items():
         if job_name not in job.needs:
             continue
         dependent_id = job_row_id(run_id, dependent)
-        row = (await conn.execute(select(jobs).where(jobs.c.id == dependent_id))).mappings().one()
+        row = tx.execute(JOB, {"b_job": dependent_id}).mappings().one()
         if row["status"] != "blocked":
             continue
         tolerant = job.if_ is not None and any(fn in job.if_ for fn in RUNS_AFTER_FAILURE)
@@ -330,31 +465,39 @@ async def settle_dependents(
             values: dict[str, Any] = {"pending_deps": left}
             if left == 0:
                 values.update(status="queued", available_at=now())
-            await conn.execute(update(jobs).where(jobs.c.id == dependent_id).values(**values))
+            tx.execute(UPDATE_JOB, {"b_job": dependent_id, **values})
         else:
             reason = f"needs {job_name} ({status})"
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == dependent_id)
-                .values(status="skipped", skip_reason=reason, finished_at=now())
+            tx.execute(
+                UPDATE_JOB,
+                {
+                    "b_job": dependent_id,
+                    "status": "skipped",
+                    "skip_reason": reason,
+                    "finished_at": now(),
+                },
             )
-            await close_steps(conn, dependent_id, "skipped")
-            await add_event(
-                conn,
+            close_steps(tx, dependent_id, "skipped")
+            tx.event(
                 run_id,
                 "job.skipped",
                 {"jobName": dependent, "reason": reason},
                 job_id=dependent_id,
             )
-            await settle_dependents(conn, run_id, spec, dependent, "skipped")
+            settle_dependents(tx, run_id, spec, dependent, "skipped")
 
 
-async def settle_run(conn: AsyncConnection, run_id: str, spec: WorkflowSpec) -> None:
-    """When no job can move any more, the run's final status."""
-    run = (await conn.execute(select(runs).where(runs.c.id == run_id))).mappings().one()
+def settle_run(
+    tx: Tx, run_id: str, spec: WorkflowSpec, run: Any = None, jobs_now: Any = None
+) -> None:
+    """When no job can move any more, the run's final status. `run`: its row as read in
+    this transaction (with any change made since), else it is read; `jobs_now`: the
+    id, name, status and error of each of its jobs, when the caller knows them."""
+    if run is None:
+        run = tx.execute(RUN_STATE, {"b_run": run_id}).mappings().one()
     if run["status"] in TERMINAL_RUN:
         return
-    rows = (await conn.execute(select(jobs).where(jobs.c.run_id == run_id))).mappings().all()
+    rows = jobs_now or tx.execute(JOB_STATES, {"b_run": run_id}).mappings().all()
     if any(row["status"] not in TERMINAL_JOB for row in rows):
         return
     failed = [
@@ -379,19 +522,22 @@ async def settle_run(conn: AsyncConnection, run_id: str, spec: WorkflowSpec) -> 
         status, error = "cancelled", None
     else:
         status, error = "success", None
-    await finalize_run(conn, run, status, error)
+    finalize_run(tx, run, status, error)
 
 
-async def finalize_run(
-    conn: AsyncConnection, run: Any, status: str, error: dict[str, Any] | None
-) -> bool:
+def finalize_run(tx: Tx, run: Any, status: str, error: dict[str, Any] | None) -> bool:
     stamp = now()
     started = run["started_at"] or run["created_at"]
     duration = int((stamp - _aware(started)).total_seconds() * 1000)
-    result = await conn.execute(
-        update(runs)
-        .where(runs.c.id == run["id"], runs.c.status.not_in(TERMINAL_RUN))
-        .values(status=status, error=error, finished_at=stamp, duration_ms=duration)
+    result = tx.execute(
+        FINALIZE_RUN,
+        {
+            "b_run": run["id"],
+            "status": status,
+            "error": error,
+            "finished_at": stamp,
+            "duration_ms": duration,
+        },
     )
     if result.rowcount != 1:
         return False
@@ -399,13 +545,13 @@ async def finalize_run(
     payload: dict[str, Any] = {"status": status, "name": run["name"], "durationMs": duration}
     if error:
         payload["error"] = error
-    await add_event(conn, run["id"], event.get(status, "run.failed"), payload)
+    tx.event(run["id"], event.get(status, "run.failed"), payload)
     if run["parent_run_id"]:
-        await settle_parent(conn, run, status)
+        settle_parent(tx, run, status)
     return True
 
 
-async def settle_parent(conn: AsyncConnection, child: Any, status: str) -> None:
+def settle_parent(tx: Tx, child: Any, status: str) -> None:
     """A child run waited for by a `workflow:` step ended: settle that step and give the
     parent's job back to the queue."""
     meta = child["metadata"] or {}
@@ -418,28 +564,28 @@ async def settle_parent(conn: AsyncConnection, child: Any, status: str) -> None:
         if done
         else {"code": "CHILD_RUN_FAILED", "message": f"child run {child['id']} ended {status}"}
     )
-    settled = await conn.execute(
-        update(steps)
-        .where(steps.c.id == step_id, steps.c.status == "waiting_child")
-        .values(
-            status="success" if done else "failed",
-            outputs={"runId": child["id"], "status": status, "result": child["result"]},
-            error=error,
-            finished_at=now(),
-        )
+    settled = tx.execute(
+        UPDATE_STEP_WHERE_STATUS,
+        {
+            "b_step": step_id,
+            "b_status": "waiting_child",
+            "status": "success" if done else "failed",
+            "outputs": {"runId": child["id"], "status": status, "result": child["result"]},
+            "error": error,
+            "finished_at": now(),
+        },
     )
     if settled.rowcount != 1:
         return
     payload = {"childRunId": child["id"], "status": status}
-    await add_event(
-        conn,
+    tx.event(
         child["parent_run_id"],
         "step.succeeded" if done else "step.failed",
         payload,
         job_id=job_id,
         step_id=step_id,
     )
-    await requeue_after_approval(conn, job_id)
+    requeue_after_approval(tx, job_id)
 
 
 def _aware(value: datetime) -> datetime:
@@ -451,46 +597,24 @@ def _aware(value: datetime) -> datetime:
 # --- cancelling --------------------------------------------------------------------------
 
 
-async def cancel_run(conn: AsyncConnection, run_id: str, reason: str) -> str | None:
+def cancel_run(tx: Tx, run_id: str, reason: str) -> str | None:
     """Cancel a queued or running run; returns its status before, or None if unknown.
     Running jobs are flagged; their workers stop them (killing processes) and finish."""
-    run = (await conn.execute(select(runs).where(runs.c.id == run_id))).mappings().first()
+    run = tx.execute(RUN, {"b_run": run_id}).mappings().first()
     if run is None:
         return None
     if run["status"] in TERMINAL_RUN:
         return str(run["status"])
     stamp = now()
-    await conn.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True))
-    idle = (
-        await conn.execute(
-            select(jobs.c.id).where(
-                jobs.c.run_id == run_id, jobs.c.status.in_(("queued", "blocked", "waiting"))
-            )
-        )
-    ).all()
-    await conn.execute(
-        update(jobs)
-        .where(jobs.c.run_id == run_id, jobs.c.status.in_(("queued", "blocked", "waiting")))
-        .values(status="cancelled", finished_at=stamp, lease_owner=None, lease_token=None)
-    )
+    tx.execute(UPDATE_RUN, {"b_run": run_id, "cancel_requested": True})
+    idle = tx.execute(IDLE_JOBS, {"b_run": run_id}).all()
+    tx.execute(CANCEL_IDLE_JOBS, {"b_run": run_id, "b_stamp": stamp})
     for (job_id,) in idle:
-        await close_steps(conn, job_id, "cancelled")
-    await conn.execute(
-        update(jobs)
-        .where(jobs.c.run_id == run_id, jobs.c.status == "running")
-        .values(cancel_requested=True)
-    )
-    await conn.execute(
-        update(approvals)
-        .where(approvals.c.run_id == run_id, approvals.c.status == "pending")
-        .values(status="cancelled", resolved_at=stamp)
-    )
-    await conn.execute(
-        update(steps)
-        .where(steps.c.run_id == run_id, steps.c.status.in_(("waiting_approval", "waiting_child")))
-        .values(status="cancelled", finished_at=stamp)
-    )
-    await finalize_run(conn, run, "cancelled", {"message": reason, "code": "CANCELLED"})
+        close_steps(tx, job_id, "cancelled")
+    tx.execute(FLAG_RUNNING_JOBS, {"b_run": run_id})
+    tx.execute(CANCEL_APPROVALS, {"b_run": run_id, "b_stamp": stamp})
+    tx.execute(CANCEL_WAITING_STEPS, {"b_run": run_id, "b_stamp": stamp})
+    finalize_run(tx, run, "cancelled", {"message": reason, "code": "CANCELLED"})
     return str(run["status"])
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select
 
 from kblabs.errors import KbError
 from kblabs.store.tables import workflow_approvals as approvals
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.workflow import transitions
 from kblabs.workflow.expressions import ExpressionError, evaluate
-from kblabs.workflow.journal import add_event, now
+from kblabs.workflow.journal import Tx, now, write
 from kblabs.workflow.outcome import StepFailed, StepOutcome, Stop, as_outputs
 from kblabs.workflow.queue import Lease
 from kblabs.workflow.spec import StepSpec
@@ -213,23 +213,28 @@ async def workflow(call: StepCall) -> StepOutcome:
         return StepOutcome("success", {"runId": child_id, "mode": "fire-and-forget"})
     # wait: like an approval, the job gives its worker back until the child ends (the
     # child's last transaction settles this step and re-queues the job)
-    async with call.engine.store.write() as conn:
-        marked = await transitions.update_step(
-            conn,
-            call.lease,
-            call.row["id"],
-            "step.waitingChild",
-            {"childRunId": child_id},
-            status="waiting_child",
-            outputs={"runId": child_id},
-        )
-        if not marked:
-            raise Stop("lease-lost")
-        await transitions.release_for_approval(conn, call.lease)
-        child = (await conn.execute(select(runs).where(runs.c.id == child_id))).mappings().one()
-        if child["status"] in transitions.TERMINAL_RUN:  # it ended already
-            await transitions.settle_parent(conn, child, child["status"])
+    if not await write(call.engine.store, _wait_for_child, call.lease, call.row["id"], child_id):
+        raise Stop("lease-lost")
     return StepOutcome("waiting")
+
+
+def _wait_for_child(tx: Tx, lease: Lease, step_row_id: str, child_id: str) -> bool:
+    marked = transitions.update_step(
+        tx,
+        lease,
+        step_row_id,
+        "step.waitingChild",
+        {"childRunId": child_id},
+        status="waiting_child",
+        outputs={"runId": child_id},
+    )
+    if not marked:
+        return False
+    transitions.release_for_approval(tx, lease)
+    child = tx.execute(transitions.RUN, {"b_run": child_id}).mappings().one()
+    if child["status"] in transitions.TERMINAL_RUN:  # it ended already
+        transitions.settle_parent(tx, child, child["status"])
+    return True
 
 
 # --- builtin:approval ----------------------------------------------------------------------
@@ -242,36 +247,41 @@ async def approval(call: StepCall) -> StepOutcome:
     typed = _typed(call, ApprovalWith.model_validate)
     stamp = now()
     expires = stamp + timedelta(milliseconds=typed.timeout_ms) if typed.timeout_ms else None
-    async with call.engine.store.write() as conn:
-        if not await transitions.lease_holds(conn, call.lease):
-            raise Stop("lease-lost")
-        await conn.execute(  # a gate may ask again: the earlier answer is history
-            delete(approvals).where(approvals.c.step_row_id == call.row["id"])
-        )
-        await conn.execute(
-            insert(approvals).values(
-                step_row_id=call.row["id"],
-                run_id=call.run["id"],
-                job_id=call.job["id"],
-                step_id=call.spec.id,
-                status="pending",
-                title=typed.title or call.spec.name,
-                instructions=typed.instructions,
-                context=typed.context,
-                expires_at=expires,
-                created_at=stamp,
-            )
-        )
-        await transitions.update_step(
-            conn,
-            call.lease,
-            call.row["id"],
-            "step.waitingApproval",
-            {"jobId": call.job["id"], "stepId": call.spec.id, "title": typed.title},
-            status="waiting_approval",
-        )
-        await transitions.release_for_approval(conn, call.lease)
+    approval_row = {
+        "step_row_id": call.row["id"],
+        "run_id": call.run["id"],
+        "job_id": call.job["id"],
+        "step_id": call.spec.id,
+        "status": "pending",
+        "title": typed.title or call.spec.name,
+        "instructions": typed.instructions,
+        "context": typed.context,
+        "expires_at": expires,
+        "created_at": stamp,
+    }
+    payload = {"jobId": call.job["id"], "stepId": call.spec.id, "title": typed.title}
+    if not await write(call.engine.store, _ask, call.lease, approval_row, payload):
+        raise Stop("lease-lost")
     return StepOutcome("waiting")
+
+
+def _ask(tx: Tx, lease: Lease, row: dict[str, Any], payload: dict[str, Any]) -> bool:
+    if not transitions.lease_holds(tx, lease):
+        return False
+    tx.execute(  # a gate may ask again: the earlier answer is history
+        delete(approvals).where(approvals.c.step_row_id == row["step_row_id"])
+    )
+    tx.execute(insert(approvals), row)
+    transitions.update_step(
+        tx,
+        lease,
+        row["step_row_id"],
+        "step.waitingApproval",
+        payload,
+        status="waiting_approval",
+    )
+    transitions.release_for_approval(tx, lease)
+    return True
 
 
 # --- builtin:gate ---------------------------------------------------------------------------
@@ -316,11 +326,17 @@ async def gate(call: StepCall) -> StepOutcome:
 
 
 async def _merge_trigger_payload(call: StepCall, extra: dict[str, Any]) -> dict[str, Any]:
-    async with call.engine.store.write() as conn:
-        row = (await conn.execute(select(runs.c.trigger).where(runs.c.id == call.run["id"]))).one()
-        trigger = dict(row[0] or {})
-        trigger["payload"] = {**(trigger.get("payload") or {}), **extra}
-        await conn.execute(update(runs).where(runs.c.id == call.run["id"]).values(trigger=trigger))
+    result: dict[str, Any] = await write(call.engine.store, _merged_trigger, call.run["id"], extra)
+    return result
+
+
+def _merged_trigger(tx: Tx, run_id: str, extra: dict[str, Any]) -> dict[str, Any]:
+    row = tx.execute(
+        select(runs.c.trigger).where(runs.c.id == bindparam("b_run")), {"b_run": run_id}
+    ).one()
+    trigger = dict(row[0] or {})
+    trigger["payload"] = {**(trigger.get("payload") or {}), **extra}
+    tx.execute(transitions.UPDATE_RUN, {"b_run": run_id, "trigger": trigger})
     return trigger
 
 
@@ -333,21 +349,24 @@ def _decision_key(value: Any) -> str:
 
 
 async def _bump(call: StepCall, counter: str) -> int:
-    async with call.engine.store.write() as conn:
-        row = (await conn.execute(select(runs.c.metadata).where(runs.c.id == call.run["id"]))).one()
-        metadata = dict(row[0] or {})
-        metadata[counter] = int(metadata.get(counter, 0)) + 1
-        await conn.execute(
-            update(runs).where(runs.c.id == call.run["id"]).values(metadata=metadata)
-        )
-        await add_event(
-            conn,
-            call.run["id"],
-            "step.updated",
-            {"action": "restart", "iteration": metadata[counter]},
-            job_id=call.job["id"],
-            step_id=call.row["id"],
-        )
+    where = (call.run["id"], call.job["id"], call.row["id"])
+    count: int = await write(call.engine.store, _bumped, where, counter)
+    return count
+
+
+def _bumped(tx: Tx, where: tuple[str, str, str], counter: str) -> int:
+    run_id, job_id, step_row_id = where
+    row = tx.execute(transitions.RUN_METADATA, {"b_run": run_id}).one()
+    metadata = dict(row[0] or {})
+    metadata[counter] = int(metadata.get(counter, 0)) + 1
+    tx.execute(transitions.UPDATE_RUN, {"b_run": run_id, "metadata": metadata})
+    tx.event(
+        run_id,
+        "step.updated",
+        {"action": "restart", "iteration": metadata[counter]},
+        job_id=job_id,
+        step_id=step_row_id,
+    )
     return int(metadata[counter])
 
 
