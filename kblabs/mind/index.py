@@ -158,6 +158,19 @@ def definitions(chunks: Sequence[Chunk]) -> dict[str, int]:
     return found
 
 
+def _definition_index(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """{name: chunk ids defining it}, built once per parsed manifest (kept in it under a
+    key that is never saved: only the shared, read-only copies get it)."""
+    index = manifest.get("_byName")
+    if index is None:
+        index = {}
+        for path, entry in manifest["files"].items():
+            for name, chunk in (entry.get("defines") or {}).items():
+                index.setdefault(name, []).append(f"{path}#{chunk}")
+        manifest["_byName"] = index
+    return index
+
+
 def _unit(vector: Sequence[float]) -> Any:
     import numpy as np
 
@@ -234,6 +247,7 @@ class MindIndex:
         return manifest
 
     async def _save(self, manifest: dict[str, Any]) -> None:
+        manifest.pop("_byName", None)  # derived, never stored
         manifest["updatedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         await self.storage.write(self.manifest_path, json.dumps(manifest).encode())
 
@@ -325,12 +339,8 @@ class MindIndex:
         definitions), scored against the query like the store scores (cosine → 0..1).
         A lookup in the manifest, not a filtered search: Qdrant's local mode checks a
         payload filter in Python against every point (seconds at 10k chunks)."""
-        ids = [
-            f"{path}#{chunk}"
-            for path, entry in manifest["files"].items()
-            for name, chunk in (entry.get("defines") or {}).items()
-            if name in names
-        ][:most]
+        by_name = _definition_index(manifest)
+        ids = [chunk_id for name in sorted(names) for chunk_id in by_name.get(name, ())][:most]
         if not ids:
             return []
         records = await self.vectors.get(ids, collection=self.collection)
