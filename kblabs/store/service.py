@@ -43,9 +43,9 @@ class Store:
         self.migrate = migrate
         self.record_boot = record_boot  # False for CLI tools: they are not restarts
         self._engine: AsyncEngine | None = None
-        # SQLite file only: a synchronous engine and the one thread that runs whole
-        # transactions on it (`transaction`, `run_sync`)
-        self._sync_engine: Engine | None = None
+        # SQLite file only: the one thread that runs whole transactions (`transaction`,
+        # `run_sync`) on its connection of a synchronous engine
+        self._sync: _SyncConnection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self.restarts = 0
 
@@ -88,13 +88,13 @@ class Store:
         """`fn(connection, *args)` with a synchronous connection and no transaction
         begun: `fn` begins and commits its own (`begin_write(connection)` for a write
         one). Where it runs: see `transaction`."""
-        if self._thread is None or self._sync_engine is None:
+        if self._thread is None or self._sync is None:
             async with self.engine.connect() as conn:
                 result = await conn.run_sync(fn, *args)
                 await conn.commit()  # whatever fn left open (nothing, normally)
                 return result
         future = asyncio.get_running_loop().run_in_executor(
-            self._thread, partial(_with_connection, self._sync_engine, fn, *args)
+            self._thread, partial(self._sync.run, fn, *args)
         )
         try:
             return await asyncio.shield(future)
@@ -118,12 +118,13 @@ class Store:
             await self._prepare_schema()
             if self.record_boot:
                 self.restarts = await self._record_boot()
-            self._sync_engine = sqlite_file_engine(
+            sync_engine = sqlite_file_engine(
                 self.url,
                 busy_timeout_ms=self.settings.store.busy_timeout_ms,
                 echo=self.settings.store.echo,
             )
-            if self._sync_engine is not None:
+            if sync_engine is not None:
+                self._sync = _SyncConnection(sync_engine)
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         except StartupError:
             raise
@@ -197,9 +198,9 @@ class Store:
             return
         if self._thread is not None:
             thread, self._thread = self._thread, None
-            sync_engine, self._sync_engine = self._sync_engine, None
-            if sync_engine is not None:  # closed in its own thread, after what is queued
-                await asyncio.get_running_loop().run_in_executor(thread, sync_engine.dispose)
+            sync, self._sync = self._sync, None
+            if sync is not None:  # closed in its own thread, after what is queued
+                await asyncio.get_running_loop().run_in_executor(thread, sync.close)
             thread.shutdown(wait=False)
         if is_sqlite(self.url):
             try:
@@ -222,8 +223,34 @@ def _in_write_transaction(connection: Connection, fn: Callable[..., T], *args: A
         return fn(connection, *args)
 
 
-def _with_connection(engine: Engine, fn: Callable[..., T], *args: Any) -> T:
-    with engine.connect() as connection:
-        result = fn(connection, *args)
-        connection.commit()  # whatever fn left open (nothing, normally)
-        return result
+class _SyncConnection:
+    """The store thread's connection, kept open from one transaction to the next (no
+    pool checkout, check-in and reset each time); used from that thread only."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.connection: Connection | None = None
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        connection = self.connection
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self.connection = self.engine.connect()
+        try:
+            result = fn(connection, *args)
+            connection.commit()  # whatever fn left open (nothing, normally)
+            return result
+        except BaseException:
+            try:
+                connection.rollback()
+            except Exception:  # a broken connection: the next call opens another
+                self.connection = None
+                connection.invalidate()
+            raise
+        finally:  # `begin_write` set it for its transaction only
+            connection.execution_options(sqlite_begin="DEFERRED")
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        self.engine.dispose()

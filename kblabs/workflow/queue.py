@@ -61,27 +61,27 @@ def fenced(lease: Lease) -> Any:
     return and_(jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token)
 
 
-def _claimable() -> Any:
+def _claimable(job: Any = jobs, run: Any = runs) -> Any:
     """Queued, due (`b_now`), not cancelled; its job-level group has no running job, and
     its run's group has no other running run (one active run per group)."""
     busy = jobs.alias("busy")
     job_group_busy = exists().where(
-        busy.c.concurrency_group == jobs.c.concurrency_group,
+        busy.c.concurrency_group == job.c.concurrency_group,
         busy.c.status == "running",
-        busy.c.id != jobs.c.id,
+        busy.c.id != job.c.id,
     )
     other = runs.alias("other")
     run_group_busy = exists().where(
-        other.c.concurrency_group == runs.c.concurrency_group,
+        other.c.concurrency_group == run.c.concurrency_group,
         other.c.status == "running",
-        other.c.id != runs.c.id,
+        other.c.id != run.c.id,
     )
     return and_(
-        jobs.c.status == "queued",
-        jobs.c.available_at <= bindparam("b_now"),
-        jobs.c.cancel_requested.is_(False),
-        ~and_(jobs.c.concurrency_group.is_not(None), job_group_busy),
-        ~and_(runs.c.concurrency_group.is_not(None), run_group_busy),
+        job.c.status == "queued",
+        job.c.available_at <= bindparam("b_now"),
+        job.c.cancel_requested.is_(False),
+        ~and_(job.c.concurrency_group.is_not(None), job_group_busy),
+        ~and_(run.c.concurrency_group.is_not(None), run_group_busy),
     )
 
 
@@ -113,6 +113,33 @@ MARK_RUN_RUNNING = (
     .where(runs.c.id == bindparam("b_run"), runs.c.status == "queued")
     .values(status="running", started_at=bindparam("b_stamp"))
 )
+# Where the database has UPDATE … RETURNING (SQLite 3.35+, PostgreSQL): the candidate is
+# chosen and taken in one statement that hands back the job row, and a run that starts
+# hands back its row too.
+_CAND, _CAND_RUN = jobs.alias("cand"), runs.alias("cand_run")
+TAKE_NEXT = (
+    update(jobs)
+    .where(
+        jobs.c.id
+        == select(_CAND.c.id)
+        .select_from(_CAND.join(_CAND_RUN, _CAND_RUN.c.id == _CAND.c.run_id))
+        .where(_claimable(_CAND, _CAND_RUN))
+        .order_by(_CAND.c.priority, _CAND.c.available_at)
+        .limit(1)
+        .scalar_subquery(),
+        jobs.c.status == "queued",
+    )
+    .values(
+        status="running",
+        lease_owner=bindparam("b_owner"),
+        lease_token=bindparam("b_token"),
+        lease_expires_at=bindparam("b_expires"),
+        attempt=jobs.c.attempt + 1,
+        started_at=func.coalesce(jobs.c.started_at, bindparam("b_stamp")),
+    )
+    .returning(*jobs.c)
+)
+START_RUN = MARK_RUN_RUNNING.returning(*runs.c)
 RUN = select(runs).where(runs.c.id == bindparam("b_run"))
 JOBS_OF_RUN = select(jobs).where(jobs.c.run_id == bindparam("b_run"))
 STEPS_OF_RUN = (
@@ -214,6 +241,8 @@ class JobQueue:
             return in_tx(conn, self._take, stamp, token)
 
     def _take(self, tx: Tx, stamp: datetime, token: str) -> Claim | None:
+        if tx.conn.dialect.update_returning:
+            return self._take_returning(tx, stamp, token)
         candidate = tx.execute(CANDIDATE, {"b_now": stamp}).first()
         if candidate is None:
             return None
@@ -244,6 +273,40 @@ class JobQueue:
         claim.steps = [
             dict(row) for row in tx.execute(STEPS_OF_RUN, {"b_run": candidate.run_id}).mappings()
         ]
+        return claim
+
+    def _take_returning(self, tx: Tx, stamp: datetime, token: str) -> Claim | None:
+        """`_take` in fewer statements (UPDATE … RETURNING)."""
+        params = {
+            "b_now": stamp,
+            "b_owner": self.owner,
+            "b_token": token,
+            "b_expires": stamp + self.lease,
+            "b_stamp": stamp,
+        }
+        job = tx.execute(TAKE_NEXT, params).mappings().first()
+        if job is None:
+            return None
+        job_id, run_id = job["id"], job["run_id"]
+        claim = Claim(Lease(job_id, run_id, token, self.owner), job=job)
+        claim.run = tx.execute(START_RUN, {"b_run": run_id, "b_stamp": stamp}).mappings().first()
+        if claim.run is not None:
+            tx.event(run_id, "run.started", {"status": "running"})
+        else:  # running already (another of its jobs started it)
+            claim.run = tx.execute(RUN, {"b_run": run_id}).mappings().one()
+        tx.event(
+            run_id,
+            "job.started",
+            {"jobName": job_id.split(":", 1)[1], "worker": self.owner},
+            job_id=job_id,
+        )
+        # a run's jobs are the ones of its spec snapshot: with one, it is this one
+        if len((claim.run["spec"] or {}).get("jobs") or {}) == 1:
+            claim.jobs = [job]
+        else:
+            claim.jobs = list(tx.execute(JOBS_OF_RUN, {"b_run": run_id}).mappings())
+            claim.job = next(row for row in claim.jobs if row["id"] == job_id)
+        claim.steps = [dict(row) for row in tx.execute(STEPS_OF_RUN, {"b_run": run_id}).mappings()]
         return claim
 
     async def heartbeat(self, lease: Lease) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, case, exists, insert, select, update
+from sqlalchemy import String, and_, bindparam, case, exists, insert, or_, select, update
 
 from kblabs.store.tables import workflow_approvals as approvals
 from kblabs.store.tables import workflow_jobs as jobs
@@ -130,12 +130,18 @@ RETRY_STEPS = (
     )
     .values(status="queued", outputs=None, error=None, started_at=None, finished_at=None)
 )
-# close_steps: never-ran steps are skipped, cut-off ones `b_cut` (one statement)
+# close_steps: never-ran steps are skipped, cut-off ones `b_cut` (one statement; `or_`
+# rather than `in_`, whose list SQLAlchemy expands again at every execution)
 CLOSE_STEPS = (
     update(steps)
     .where(
         steps.c.job_id == bindparam("b_job"),
-        steps.c.status.in_(("queued", "running", "waiting_approval", "waiting_child")),
+        or_(
+            *(
+                steps.c.status == status
+                for status in ("queued", "running", "waiting_approval", "waiting_child")
+            )
+        ),
     )
     .values(
         status=case(
@@ -144,8 +150,8 @@ CLOSE_STEPS = (
         finished_at=bindparam("b_stamp"),
     )
 )
-FINALIZE_RUN = update(runs).where(
-    runs.c.id == bindparam("b_run"), runs.c.status.not_in(TERMINAL_RUN)
+FINALIZE_RUN = update(runs).where(  # not yet terminal (`!=` each: no list to expand)
+    runs.c.id == bindparam("b_run"), *(runs.c.status != status for status in TERMINAL_RUN)
 )
 CANCEL_IDLE_JOBS = (
     update(jobs)
