@@ -566,6 +566,9 @@ class Watch:
         return str(self.state.get("status") or "unknown")
 
     async def run(self) -> dict[str, Any]:
+        # the run first: a log line names its step, and a fast run can be over (its log
+        # written) before the event stream connects
+        await self._refresh()
         tasks = [asyncio.create_task(self._events())]
         if self.follow:
             tasks.append(asyncio.create_task(self._logs()))
