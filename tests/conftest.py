@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,16 +76,28 @@ class AppClient:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-@pytest.fixture
-async def app_client(project: Path) -> AsyncIterator[AppClient]:
-    """The real app with its lifespan, served through httpx's ASGI transport."""
-    settings = make_settings(project, KB_DEBUG_ROUTES="1")
+@contextlib.asynccontextmanager
+async def running_app(
+    project: Path, config: dict[str, Any] | None = None, **env: str
+) -> AsyncIterator[AppClient]:
+    """The real app with its lifespan, served through httpx's ASGI transport; `config`,
+    when given, is written as the project's kb.config.json first."""
+    if config is not None:
+        (project / "kb.config.json").write_text(json.dumps(config))
+    settings = make_settings(project, **env)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             token = (settings.data_dir / "admin.token").read_text().strip()
             yield AppClient(client, app, settings, token)
+
+
+@pytest.fixture
+async def app_client(project: Path) -> AsyncIterator[AppClient]:
+    """The real app with its lifespan, served through httpx's ASGI transport."""
+    async with running_app(project, KB_DEBUG_ROUTES="1") as client:
+        yield client
 
 
 def free_port() -> int:

@@ -4,10 +4,7 @@ app (SQLite file); the SQL grouping also on PostgreSQL when it runs here."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,29 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from kblabs.app import create_app
 from kblabs.platform.adapters.sql_analytics import SqlAnalytics, SqlAnalyticsOptions
 from kblabs.store import Store
-from tests.conftest import AppClient, make_settings
+from tests.conftest import AppClient, running_app
 from tests.integration.test_platform_analytics import make_store, store_env  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@asynccontextmanager
-async def running(project: Path, config: dict[str, Any] | None = None) -> AsyncIterator[AppClient]:
-    """The real app with `config` as kb.config.json (app_client with a config)."""
-    if config is not None:
-        (project / "kb.config.json").write_text(json.dumps(config))
-    settings = make_settings(project)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            token = (settings.data_dir / "admin.token").read_text().strip()
-            yield AppClient(client, app, settings, token)
 
 
 def analytics_of(app_client: AppClient) -> SqlAnalytics:
@@ -201,7 +183,7 @@ async def test_a_viewer_reads_only_its_namespace(app_client: AppClient) -> None:
 
 
 async def test_analytics_switched_off_answers_501(project: Path) -> None:
-    async with running(project, {"platform": {"adapters": {"analytics": None}}}) as client:
+    async with running_app(project, {"platform": {"adapters": {"analytics": None}}}) as client:
         for path in (
             "/api/v1/analytics/events",
             "/api/v1/analytics/stats",
@@ -424,13 +406,13 @@ async def test_daily_stats_parameter_errors(app_client: AppClient) -> None:
 
 
 async def test_retention_deletes_old_events_only(project: Path) -> None:
-    async with running(project) as client:  # the default keeps 90 days
+    async with running_app(project) as client:  # the default keeps 90 days
         analytics = analytics_of(client)
         await analytics.track("old.one", ts=NOW - timedelta(days=6))
         await analytics.track("new.one", ts=NOW - timedelta(days=4))
         assert (await data(client, "/api/v1/analytics/events"))["total"] == 2
     config = {"observability": {"analyticsRetentionDays": 5}}
-    async with running(project, config) as client:
+    async with running_app(project, config) as client:
         analytics = analytics_of(client)
         # the flush task makes a retention pass after its first flush, then hourly
         deadline = time.monotonic() + 15

@@ -7,11 +7,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
-from kblabs.app import create_app
-from tests.conftest import AppClient, base_env, make_settings, run_cli
+from tests.conftest import base_env, run_cli, running_app
 from tests.openai_server import OpenAIServer, completion
 from tests.openai_server import openai_server as openai_server
 
@@ -113,36 +111,31 @@ async def test_rest_route_retries_an_invalid_header_once(
         completion("still not a conventional header"),
         completion("nor this"),
     )
-    settings = make_settings(project)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            token = (settings.data_dir / "admin.token").read_text().strip()
-            api = AppClient(client, app, settings, token)
-            diff = "diff --git a/greeter.py b/greeter.py\n+def greet(name):\n"
-            fixed = await client.post(ROUTE, json={"diff": diff}, headers=api.auth)
-            assert fixed.status_code == 200, fixed.text
-            result = fixed.json()["data"]
-            assert result["valid"] is True and result["attempts"] == 2
-            assert result["subject"] == "feat(greeter): say hello by name"
-            retry = openai_server.requests("chat")[1].body["messages"]
-            assert "does not follow" in json.dumps(retry)
+    async with running_app(project) as api:
+        client = api.client
+        diff = "diff --git a/greeter.py b/greeter.py\n+def greet(name):\n"
+        fixed = await client.post(ROUTE, json={"diff": diff}, headers=api.auth)
+        assert fixed.status_code == 200, fixed.text
+        result = fixed.json()["data"]
+        assert result["valid"] is True and result["attempts"] == 2
+        assert result["subject"] == "feat(greeter): say hello by name"
+        retry = openai_server.requests("chat")[1].body["messages"]
+        assert "does not follow" in json.dumps(retry)
 
-            stubborn = await client.post(ROUTE, json={"diff": diff}, headers=api.auth)
-            assert stubborn.json()["data"]["valid"] is False  # shown, flagged, not hidden
+        stubborn = await client.post(ROUTE, json={"diff": diff}, headers=api.auth)
+        assert stubborn.json()["data"]["valid"] is False  # shown, flagged, not hidden
 
-            empty = await client.post(ROUTE, json={"diff": "  "}, headers=api.auth)
-            assert empty.status_code == 400 and empty.json()["error"]["code"] == "VALIDATION_ERROR"
-            outside = await client.post(ROUTE, json={"path": "../.."}, headers=api.auth)
-            assert outside.status_code == 400
+        empty = await client.post(ROUTE, json={"diff": "  "}, headers=api.auth)
+        assert empty.status_code == 400 and empty.json()["error"]["code"] == "VALIDATION_ERROR"
+        outside = await client.post(ROUTE, json={"path": "../.."}, headers=api.auth)
+        assert outside.status_code == 400
 
-            # every LLM call of the plugin is in the usage report, with its tokens
-            usage = await client.get("/api/v1/adapters/llm/usage", headers=api.auth)
-            assert usage.status_code == 200, usage.text
-            report = usage.json()["data"]
-            assert report["totalCalls"] == 4 and report["failedCalls"] == 0
-            sent = sum(r.body["messages"].__len__() > 0 for r in openai_server.requests("chat"))
-            assert sent == 4 and report["promptTokens"] > 0 and report["completionTokens"] > 0
-            assert report["byModel"]["tiny-model"]["calls"] == 4
-            assert report["byTier"]["small"]["calls"] == 4
+        # every LLM call of the plugin is in the usage report, with its tokens
+        usage = await client.get("/api/v1/adapters/llm/usage", headers=api.auth)
+        assert usage.status_code == 200, usage.text
+        report = usage.json()["data"]
+        assert report["totalCalls"] == 4 and report["failedCalls"] == 0
+        sent = sum(r.body["messages"].__len__() > 0 for r in openai_server.requests("chat"))
+        assert sent == 4 and report["promptTokens"] > 0 and report["completionTokens"] > 0
+        assert report["byModel"]["tiny-model"]["calls"] == 4
+        assert report["byTier"]["small"]["calls"] == 4

@@ -16,9 +16,8 @@ import httpx2
 import openai
 import pytest
 
-from kblabs.app import create_app
 from kblabs.platform import EventFilters
-from tests.conftest import AppClient, make_settings
+from tests.conftest import AppClient, running_app
 from tests.openai_server import OpenAIServer, completion, error, stream, tool_call, vector
 from tests.openai_server import openai_server as openai_server
 
@@ -42,18 +41,6 @@ def config_for(server: OpenAIServer | None, **platform: Any) -> dict[str, Any]:
     adapters.update(platform.pop("adapters", {}))
     options.update(platform.pop("adapterOptions", {}))
     return {"platform": {"adapters": adapters, "adapterOptions": options, **platform}}
-
-
-@asynccontextmanager
-async def running(project: Path, config: dict[str, Any]) -> AsyncIterator[AppClient]:
-    (project / "kb.config.json").write_text(json.dumps(config))
-    settings = make_settings(project)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            token = (settings.data_dir / "admin.token").read_text().strip()
-            yield AppClient(client, app, settings, token)
 
 
 @asynccontextmanager
@@ -108,7 +95,7 @@ async def test_chat_completions_without_an_llm_says_how_to_configure_one(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    async with running(project, config_for(None)) as app:
+    async with running_app(project, config_for(None)) as app:
         response = await app.client.post(
             "/llm/v1/chat/completions",
             json={"model": "small", "messages": [{"role": "user", "content": "hi"}]},
@@ -135,7 +122,7 @@ async def test_chat_completions_through_the_sdk(project: Path, openai_server: Op
     openai_server.script(
         "chat", completion("Hi!", usage={"prompt_tokens": 9, "completion_tokens": 2})
     )
-    async with running(project, config_for(openai_server)) as app, sdk(app) as client:
+    async with running_app(project, config_for(openai_server)) as app, sdk(app) as client:
         answer = await client.chat.completions.create(
             model="small",
             messages=[
@@ -172,7 +159,7 @@ async def test_chat_completions_through_the_sdk(project: Path, openai_server: Op
 
 async def test_chat_completions_stream_over_sse(project: Path, openai_server: OpenAIServer) -> None:
     openai_server.script("chat", stream(["Once", " upon", " a time"]))
-    async with running(project, config_for(openai_server)) as app, sdk(app) as client:
+    async with running_app(project, config_for(openai_server)) as app, sdk(app) as client:
         chunks = await client.chat.completions.create(
             model="large", messages=[{"role": "user", "content": "story"}], stream=True
         )
@@ -214,7 +201,7 @@ async def test_chat_completions_with_tools(project: Path, openai_server: OpenAIS
             },
         }
     ]
-    async with running(project, config_for(openai_server)) as app, sdk(app) as client:
+    async with running_app(project, config_for(openai_server)) as app, sdk(app) as client:
         answer = await client.chat.completions.create(
             model="medium",
             messages=[{"role": "user", "content": "find kb labs"}],
@@ -251,7 +238,7 @@ async def test_chat_completions_errors_in_openai_shape(
     openai_server.script("chat", error(401, "bad key"), completion("slow").after(5))
     config = config_for(openai_server)
     config["platform"]["adapterOptions"]["llm"]["timeoutMs"] = 300
-    async with running(project, config) as app, sdk(app) as client:
+    async with running_app(project, config) as app, sdk(app) as client:
         with pytest.raises(openai.AuthenticationError) as auth:
             await client.chat.completions.create(
                 model="small", messages=[{"role": "user", "content": "x"}]
@@ -276,7 +263,7 @@ async def test_chat_completions_errors_in_openai_shape(
 
 
 async def test_platform_llm(project: Path, openai_server: OpenAIServer) -> None:
-    async with running(project, config_for(openai_server)) as app:
+    async with running_app(project, config_for(openai_server)) as app:
         done = await platform(
             app, "llm/complete", "ping", {"maxTokens": 5, "metadata": {"tier": "large"}}
         )
@@ -332,7 +319,7 @@ async def test_platform_embeddings_and_vector_store(
     project: Path, openai_server: OpenAIServer
 ) -> None:
     config = config_for(openai_server, adapters={"vectorStore": "qdrant"})
-    async with running(project, config) as app:
+    async with running_app(project, config) as app:
         one = await platform(app, "embeddings/embed", "alpha")
         assert one.status_code == 200, one.text
         assert len(one.json()["result"]) == 8
@@ -363,7 +350,7 @@ async def test_platform_embeddings_and_vector_store(
 
 
 async def test_platform_storage_analytics_and_event_bus(project: Path) -> None:
-    async with running(project, config_for(None)) as app:
+    async with running_app(project, config_for(None)) as app:
         assert (await platform(app, "storage/write", "notes/a.txt", "hello")).json()["result"]
         assert (await platform(app, "storage/read", "notes/a.txt")).json()["result"] == "hello"
         assert (await platform(app, "storage/exists", "notes/a.txt")).json()["result"] is True
@@ -432,7 +419,7 @@ async def test_platform_storage_analytics_and_event_bus(project: Path) -> None:
 
 
 async def test_telemetry_ingest(project: Path) -> None:
-    async with running(project, config_for(None)) as app:
+    async with running_app(project, config_for(None)) as app:
         other = await operator_in(app, "team-a")
         response = await app.client.post(
             "/telemetry/v1/ingest",
@@ -462,7 +449,7 @@ async def test_telemetry_ingest(project: Path) -> None:
 
 
 async def test_telemetry_ingest_without_analytics(project: Path) -> None:
-    async with running(project, config_for(None, adapters={"analytics": None})) as app:
+    async with running_app(project, config_for(None, adapters={"analytics": None})) as app:
         response = await app.client.post(
             "/telemetry/v1/ingest",
             json={"events": [{"source": "cli", "type": "x"}]},

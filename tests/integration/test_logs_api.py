@@ -9,7 +9,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,27 +18,13 @@ import pytest
 from loguru import logger
 from sqlalchemy import create_engine, insert
 
-from kblabs.app import create_app
 from kblabs.observability.log_store import LogQuery, LogStore
 from kblabs.store import Store
 from kblabs.store.tables import log_records
-from tests.conftest import AppClient, make_settings
+from tests.conftest import AppClient, make_settings, running_app
 from tests.integration.test_platform_analytics import make_store, store_env  # noqa: F401
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def running(project: Path, config: dict[str, Any] | None = None) -> AsyncIterator[AppClient]:
-    if config is not None:
-        (project / "kb.config.json").write_text(json.dumps(config))
-    settings = make_settings(project, KB_DEBUG_ROUTES="1")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            token = (settings.data_dir / "admin.token").read_text().strip()
-            yield AppClient(client, app, settings, token)
 
 
 def log_store_of(app_client: AppClient) -> LogStore:
@@ -246,7 +231,7 @@ async def test_retention_purge_deletes_old_rows_only(app_client: AppClient) -> N
 
 async def test_persist_level_and_streaming_switches(project: Path) -> None:
     config = {"observability": {"logPersistLevel": "warn", "logBufferSize": 0}}
-    async with running(project, config) as client:
+    async with running_app(project, config, KB_DEBUG_ROUTES="1") as client:
         mark = marker()
         logger.info("kept only at info {}", mark)
         logger.warning("kept at warning {}", mark)

@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kblabs.app import create_app
-from tests.conftest import AppClient, base_env, make_settings, run_cli
+from tests.conftest import AppClient, base_env, run_cli, running_app
 from tests.integration.test_agent import agents as agents  # the fixture
 from tests.mind_repo import generate
 
@@ -126,21 +125,15 @@ async def test_bad_requests_name_the_problem(app_client: AppClient, project: Pat
 
 async def test_the_index_survives_a_restart(project: Path):
     names = generate(project / "src", 30)
-    settings = make_settings(project)
     for attempt in ("first", "after restart"):
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                token = (settings.data_dir / "admin.token").read_text().strip()
-                api = AppClient(client, app, settings, token)
-                if attempt == "first":
-                    assert data(await index(api, path="src"))["filesEmbedded"] == 30
-                    continue
-                found = data(await query(api, names["pkg4/mod_4.py"]))
-                assert "pkg4/mod_4.py" in top_paths(found)
-                report = data(await index(api, path="src"))
-                assert report["filesEmbedded"] == 0 and report["unchanged"] == 30
+        async with running_app(project) as api:
+            if attempt == "first":
+                assert data(await index(api, path="src"))["filesEmbedded"] == 30
+                continue
+            found = data(await query(api, names["pkg4/mod_4.py"]))
+            assert "pkg4/mod_4.py" in top_paths(found)
+            report = data(await index(api, path="src"))
+            assert report["filesEmbedded"] == 0 and report["unchanged"] == 30
 
 
 async def test_mind_can_be_switched_off_and_on(app_client: AppClient, project: Path):
