@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +75,7 @@ from _server import (
     stop_server,
     wait_ready,
 )
+from _stats import percentiles
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -89,15 +89,6 @@ DISPATCH_ARGS = ["x"]
 
 def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
-
-
-def percentiles(values: list[float]) -> tuple[float | None, float | None]:
-    """(p50, p99) of `values`, None when there are none."""
-    ordered = sorted(values)
-    if len(ordered) >= 2:
-        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
-        return cuts[49], cuts[98]
-    return (ordered[0], ordered[0]) if ordered else (None, None)
 
 
 def rounded(value: float | None, digits: int = 3) -> float | None:

@@ -117,7 +117,6 @@ import os
 import platform
 import random
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -130,6 +129,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402 - after the sys.path entry
+from _stats import spread  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from kblabs.config import load_settings  # noqa: E402
@@ -165,25 +165,6 @@ METHODS = {
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def percentiles(values: list[float]) -> tuple[float | None, float | None]:
-    ordered = sorted(values)
-    if len(ordered) >= 2:
-        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
-        return cuts[49], cuts[98]
-    return (ordered[0], ordered[0]) if ordered else (None, None)
-
-
-def spread(values: list[float]) -> dict[str, float | None]:
-    p50, p99 = percentiles(values)
-    return {
-        "p50_ms": None if p50 is None else round(p50, 3),
-        "p99_ms": None if p99 is None else round(p99, 3),
-        "mean_ms": round(statistics.fmean(values), 3) if values else None,
-        "max_ms": round(max(values), 3) if values else None,
-        "count": len(values),
-    }
 
 
 def ratio(value: float | None, base: float | None, digits: int = 1) -> float | None:

@@ -80,6 +80,7 @@ from _server import (
     stop_server,
     wait_ready,
 )
+from _stats import spread
 
 try:
     import sniffio  # noqa: F401
@@ -231,24 +232,6 @@ def children_cpu_seconds(pid: int) -> float:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def percentiles(values: list[float]) -> tuple[float | None, float | None]:
-    ordered = sorted(values)
-    if len(ordered) >= 2:
-        cuts = statistics.quantiles(ordered, n=100, method="inclusive")
-        return cuts[49], cuts[98]
-    return (ordered[0], ordered[0]) if ordered else (None, None)
-
-
-def spread(values: list[float]) -> dict[str, float | None]:
-    p50, p99 = percentiles(values)
-    return {
-        "p50_ms": None if p50 is None else round(p50, 3),
-        "p99_ms": None if p99 is None else round(p99, 3),
-        "max_ms": round(max(values), 3) if values else None,
-        "count": len(values),
-    }
 
 
 def when(value: str | None) -> datetime | None:
