@@ -415,7 +415,8 @@ class _Batch:
             self.report.chunks_embedded += len(records)
         for path, digest, count, defines in self.files:
             new_ids = [f"{path}#{n}" for n in range(count)]
-            stale = [i for i in known.get(path, {}).get("chunks", []) if i not in set(new_ids)]
+            kept = set(new_ids)
+            stale = [i for i in known.get(path, {}).get("chunks", []) if i not in kept]
             if stale:
                 await index.vectors.delete(stale, collection=index.collection)
             known[path] = {"hash": digest, "chunks": new_ids, "defines": defines}
