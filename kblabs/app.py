@@ -79,6 +79,7 @@ from kblabs.http.middleware import (
     BodySizeLimitMiddleware,
     RequestContextMiddleware,
     SecurityHeadersMiddleware,
+    UnreadBodyDrainMiddleware,
 )
 from kblabs.http.openapi import docs, openapi_json
 from kblabs.lifecycle import Lifecycle
@@ -260,6 +261,7 @@ def middleware(settings: Settings, runtime: Runtime, public: frozenset[str]) -> 
             )
         )
     stack += [
+        Middleware(UnreadBodyDrainMiddleware),
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes),
         Middleware(AuthMiddleware, public=public, auth=lambda: runtime.auth),
     ]

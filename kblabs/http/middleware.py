@@ -5,13 +5,17 @@
 2. AccessLogMiddleware — one log line per request, HTTP metrics, operation stats.
 3. SecurityHeadersMiddleware — nosniff, frame deny, referrer policy, CSP, HSTS on https.
 4. (CORSMiddleware — only when cors.allowOrigins lists origins.)
-5. BodySizeLimitMiddleware — 413 above server.maxBodyBytes, declared or streamed.
-6. authentication (kblabs.auth.middleware)
-7. ErrorEnvelopeMiddleware (kblabs.http.errors) — every error becomes an envelope.
+5. UnreadBodyDrainMiddleware — an answer given before the body arrived still keeps the
+   keep-alive connection.
+6. BodySizeLimitMiddleware — 413 above server.maxBodyBytes, declared or streamed.
+7. authentication (kblabs.auth.middleware)
+8. ErrorEnvelopeMiddleware (kblabs.http.errors) — every error becomes an envelope.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -130,6 +134,54 @@ class SecurityHeadersMiddleware(HttpMiddleware):
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class UnreadBodyDrainMiddleware(HttpMiddleware):
+    """Reads what is left of a small request body before the response starts.
+
+    Hypercorn closes a keep-alive connection when a response ends before the request body
+    was fully received. A 401/403/404 decided from the headers alone can go out before the
+    body's bytes arrive; the client then finds its connection closed under it (reset, or
+    "server disconnected without sending a response") instead of reading the answer. Bodies
+    above DRAIN_LIMIT_BYTES (a 413, say) are not read: closing is the right answer for them.
+    """
+
+    DRAIN_LIMIT_BYTES = 1 << 20
+    DRAIN_TIMEOUT_S = 5.0
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = _header(scope, b"content-length")
+        chunked = _header(scope, b"transfer-encoding") is not None
+        if not chunked and (declared is None or not declared.isdigit() or declared == "0"):
+            await self.app(scope, receive, send)  # no body to wait for
+            return
+        if declared is not None and declared.isdigit() and int(declared) > self.DRAIN_LIMIT_BYTES:
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def tracking_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def draining_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._drain(tracking_receive), self.DRAIN_TIMEOUT_S)
+            await send(message)
+
+        await self.app(scope, tracking_receive, draining_send)
+
+    async def _drain(self, receive: Receive) -> None:
+        read = 0
+        while read <= self.DRAIN_LIMIT_BYTES:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            read += len(message.get("body", b""))
 
 
 class BodySizeLimitMiddleware(HttpMiddleware):

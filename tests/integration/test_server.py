@@ -232,3 +232,48 @@ def test_status_of_a_server_that_accepts_but_does_not_answer_is_not_ready(projec
         result = run_cli("--json", "status", "--url", url, project=project)
     assert result.returncode == 3
     assert json.loads(result.stdout)["error"]["code"] == "NOT_READY"
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 response with a Content-Length body; (0, b"") when the server closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(
+        int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), body
+
+
+def test_an_early_error_answer_keeps_the_connection_when_the_body_arrives_late(
+    live_server_factory,
+):
+    # A 401 is decided from the headers alone. When the body's bytes come after that answer,
+    # the server must still read them, or it closes the keep-alive connection and the client
+    # gets a reset instead of the 401 (seen as "Server disconnected without sending a response").
+    server = live_server_factory().start()
+    body = b'{"specs": ["kb-x"]}'
+    head = (
+        f"POST /api/v1/marketplace/packages/install HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(head)
+            time.sleep(0.3)  # the server answers from the headers before the body is sent
+            sock.sendall(body)
+            status, answer = _read_response(sock)
+            assert status == 401, answer
+            assert json.loads(answer)["error"]["code"] == "UNAUTHORIZED"
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock)[0] == 200
