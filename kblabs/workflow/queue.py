@@ -1,8 +1,10 @@
 """The job queue: `workflow_jobs` rows claimed with a lease (ARCHITECTURE §6).
 
 - claim: one queued, due, uncancelled job whose concurrency group is free, taken in a
-  `BEGIN IMMEDIATE` transaction (SQLite's single writer makes it atomic; on PostgreSQL
-  the conditional UPDATE re-checks the row), with a fresh lease token.
+  `BEGIN IMMEDIATE` transaction with a fresh lease token. SQLite's single writer makes
+  that atomic. On PostgreSQL the conditional UPDATE re-checks its own row, but not the
+  group: two claims at once would each see the group free and take two of its jobs, so
+  claims take a transaction-scoped advisory lock first and run one at a time.
 - heartbeat: extends the lease only while the token still matches; a False answer
   means another process took the job over (our lease expired) and our work is void.
 - reap: jobs whose lease expired go back to the queue without spending a retry; the
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, select, update
+from sqlalchemy import and_, bindparam, exists, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from kblabs.store import Store
@@ -35,6 +37,9 @@ from kblabs.workflow.journal import Tx, in_tx, now, write
 
 LEASE = timedelta(seconds=30)
 ACTIVE_RUN = ("queued", "running")
+# PostgreSQL advisory lock key held while claiming (any constant the app uses nowhere else)
+CLAIM_LOCK_KEY = 0x6B62_776F_726B  # "kbwork"
+CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=CLAIM_LOCK_KEY)
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,8 @@ class JobQueue:
             return in_tx(conn, self._take, stamp, token)
 
     def _take(self, tx: Tx, stamp: datetime, token: str) -> Claim | None:
+        if tx.conn.dialect.name == "postgresql":
+            tx.execute(CLAIM_LOCK)  # released at commit: group checks see earlier claims
         if tx.conn.dialect.update_returning:
             return self._take_returning(tx, stamp, token)
         candidate = tx.execute(CANDIDATE, {"b_now": stamp}).first()

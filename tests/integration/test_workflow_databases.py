@@ -10,6 +10,9 @@ import httpx
 import pytest
 
 from kblabs.app import create_app
+from kblabs.store import Store
+from kblabs.workflow.journal import in_tx, now
+from kblabs.workflow.queue import JobQueue
 from tests.conftest import make_settings
 from tests.integration.test_store import database_env  # noqa: F401 - the fixture
 
@@ -80,3 +83,51 @@ async def test_retries_approvals_and_skips_on_each_backend(project, database_env
     assert jobs["gate"]["status"] == "success"
     assert jobs["gate"]["steps"][0]["outputs"]["approved"] is True
     assert jobs["never"]["status"] == "skipped"
+
+
+GROUPED = """
+name: Grouped
+version: 1
+on: {manual: true}
+priority: PRIORITY
+jobs:
+  deploy:
+    concurrency: {group: prod}
+    steps:
+      - run: echo deploying
+"""
+
+
+async def test_two_claims_at_once_never_run_two_jobs_of_one_group(project, database_env):  # noqa: F811
+    # Claimer A takes a `prod` job and has not committed yet when an urgent run with
+    # another `prod` job arrives and claimer B looks. B must not take it: its snapshot
+    # shows the group free, so on PostgreSQL claims have to take turns.
+    if not database_env:
+        pytest.skip("SQLite has one writer: a second claim waits for the first by design")
+    folder = project / ".kb" / "workflows"
+    folder.mkdir(parents=True)
+    (folder / "grouped.yml").write_text(GROUPED.replace("PRIORITY", "normal"))
+    (folder / "urgent.yml").write_text(GROUPED.replace("PRIORITY", "high"))
+    settings = make_settings(project, KB_WORKFLOW_WORKERS="false", **database_env)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        engine = app.state.runtime.workflows
+        await engine.create_run("grouped")
+        other = Store(settings)
+        await other.start()
+        first, second = JobQueue(engine.store, "a"), JobQueue(other, "b")
+        try:
+            async with engine.store.engine.connect() as conn:
+                await conn.begin()
+                held = await conn.run_sync(in_tx, first._take, now(), "token-a")
+                assert held is not None and held.job["concurrency_group"] == "prod"
+                await engine.create_run("urgent")  # first in line for the next claim
+                racing = asyncio.ensure_future(second.claim(expected=True))
+                done, _ = await asyncio.wait({racing}, timeout=1.0)
+                assert not done, (
+                    f"second claim took {racing.result().lease.job_id} while the first was open"
+                )
+                await conn.commit()
+            assert await asyncio.wait_for(racing, 10) is None  # the group is busy now
+        finally:
+            await other.stop()
