@@ -14,12 +14,13 @@ import contextlib
 import os
 import socket
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from kblabs.config import Settings
@@ -280,7 +281,18 @@ class WorkflowEngine:
             metadata["idempotencyKey"] = idempotency_key
         if group:
             metadata["concurrencyGroup"] = group
-        supersede = bool(group and spec.concurrency and spec.concurrency.cancel_in_progress)
+        supersede = Supersede(
+            run_group=str(group)
+            if group and spec.concurrency and spec.concurrency.cancel_in_progress
+            else None,
+            job_groups=sorted(
+                {
+                    job_groups[name]
+                    for name, job in spec.jobs.items()
+                    if job.concurrency and job.concurrency.cancel_in_progress
+                }
+            ),
+        )
         row = {
             "run_id": run_id,
             "spec": spec,
@@ -298,7 +310,7 @@ class WorkflowEngine:
             "spec_data": self.spec_data(workflow_id, spec),  # here, not in the store's thread
         }
         try:
-            cancelled = await write(self.store, _insert_run, row, str(group) if supersede else None)
+            cancelled = await write(self.store, _insert_run, row, supersede)
         except IntegrityError:
             existing = await self._by_idempotency_key(idempotency_key)
             if existing is None:
@@ -561,21 +573,40 @@ class WorkflowEngine:
 # --- transactions (synchronous: run by the store in one go) ---------------------------------
 
 
-def _insert_run(tx: Tx, row: dict[str, Any], supersede_group: str | None) -> list[str]:
-    """A new run; with `supersede_group`, the active runs of that group are cancelled
-    first (same transaction). Returns the ids cancelled."""
-    cancelled: list[str] = []
-    if supersede_group is not None:
-        active = tx.execute(
-            select(runs.c.id).where(
-                runs.c.tenant_id == row["tenant_id"],
-                runs.c.concurrency_group == supersede_group,
-                runs.c.status.in_(("queued", "running")),
+@dataclass(frozen=True)
+class Supersede:
+    """The groups whose active holders a new run cancels (`cancelInProgress: true`): its
+    run-level group, and the groups of its jobs that ask for it."""
+
+    run_group: str | None = None
+    job_groups: list[str] = field(default_factory=list)
+
+
+def _insert_run(tx: Tx, row: dict[str, Any], supersede: Supersede) -> list[str]:
+    """A new run; the active runs it supersedes are cancelled first (same transaction).
+    Returns the ids cancelled."""
+    active_run = and_(
+        runs.c.tenant_id == row["tenant_id"], runs.c.status.in_(("queued", "running"))
+    )
+    holders: list[tuple[str, str]] = []  # (run id, group)
+    if supersede.run_group is not None:
+        query = select(runs.c.id).where(active_run, runs.c.concurrency_group == supersede.run_group)
+        holders += [(run_id, supersede.run_group) for (run_id,) in tx.execute(query)]
+    if supersede.job_groups:
+        query = (
+            select(jobs.c.run_id, jobs.c.concurrency_group)
+            .select_from(jobs.join(runs, runs.c.id == jobs.c.run_id))
+            .where(
+                active_run,
+                jobs.c.concurrency_group.in_(supersede.job_groups),
+                jobs.c.status.in_(("queued", "running")),
             )
-        ).all()
-        for (run_id,) in active:
-            reason = f"superseded in concurrency group {supersede_group}"
-            transitions.cancel_run(tx, run_id, reason)
+        )
+        holders += [(run_id, group) for run_id, group in tx.execute(query)]
+    cancelled: list[str] = []
+    for run_id, group in holders:
+        if run_id not in cancelled:
+            transitions.cancel_run(tx, run_id, f"superseded in concurrency group {group}")
             cancelled.append(run_id)
     transitions.insert_run(tx, **row)
     return cancelled

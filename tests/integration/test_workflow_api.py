@@ -971,6 +971,33 @@ async def test_concurrency_group_serialises_runs_or_cancels_the_older(api: Api):
     assert (await api.post(f"/api/v1/runs/{new_id}/cancel")).status_code == 200
 
 
+async def test_job_level_cancel_in_progress_supersedes_the_run_holding_the_group(api: Api):
+    held = {"steps": [{"id": "s", "run": "sleep 20"}]}
+    await api.install(
+        "pusher",
+        workflow(
+            {
+                "deploy": {**held, "concurrency": {"group": "env-prod", "cancelInProgress": True}},
+                "free": {"steps": [{"id": "s", "run": "sleep 20"}]},
+            }
+        ),
+    )
+    await api.install(  # same job group, without cancelInProgress: only waits its turn
+        "waiter", workflow({"deploy": {**held, "concurrency": {"group": "env-prod"}}})
+    )
+    bystander = await api.start("waiter")
+    await api.step_status(bystander, "deploy", "s", "running")
+    first = await api.start("pusher")  # its deploy job queues behind the bystander
+    await api.step_status(first, "free", "s", "running")
+    second = await api.start("pusher")
+    for superseded in (bystander, first):
+        run = await api.finished(superseded, timeout=5)
+        assert run["status"] == "cancelled"
+        assert run["error"]["message"] == "superseded in concurrency group env-prod"
+    await api.step_status(second, "deploy", "s", "running", timeout=5)
+    assert (await api.post(f"/api/v1/runs/{second}/cancel")).status_code == 200
+
+
 async def test_child_workflow_step_waits_for_its_run(api: Api):
     await api.install(
         "child",
