@@ -67,6 +67,7 @@ from kblabs.config.loader import effective_environ
 from kblabs.errors import KbError
 from kblabs.http.validation import json_body
 from kblabs.platform.interfaces import EventFilters
+from kblabs.platform.usage import charged_to
 from kblabs.state.backend import MISSING
 
 ALLOWED_METHODS: dict[str, frozenset[str]] = {
@@ -222,7 +223,8 @@ async def platform_call(request: Request) -> Response:
     try:
         if handler is None:
             raise NotImplementedByAdapter(method)
-        result = await handler(call)
+        with charged_to(call.namespace):  # usage events land in the caller's namespace
+            result = await handler(call)
         if isinstance(result, AsyncIterator):
             return await _sse(result, _platform_chunk, _platform_error_chunk)
     except NotImplementedByAdapter:

@@ -18,8 +18,10 @@ in-memory append:
     storage.write.completed        {bytes, durationMs}
     <token>.<method>.failed        {error: {code, type, message}, durationMs, + the call's fields}
 
-The exception of a failed call is re-raised unchanged. Events go to namespace
-"default" unless the call passed `namespace=` (vector stores do). The LLM adapter is not
+The exception of a failed call is re-raised unchanged. Events go to the namespace the
+call passed (`namespace=`, as vector stores take), else to the one the caller is charged
+to (`charged_to()`: the platform API and plugin operations set the caller's namespace),
+else to "default" (the server's own calls). The LLM adapter is not
 wrapped: it records `llm.completion.completed`, `llm.chatWithTools.completed`,
 `llm.stream.completed` and `llm.<method>.failed` itself, with {model, tier, provider,
 promptTokens, completionTokens, totalTokens, costUsd, durationMs, retries}.
@@ -31,8 +33,10 @@ reach Python (at most `MAX_AGGREGATE_ROWS` of them: periods x types x breakdown 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, MutableSequence, Sequence
+from collections.abc import Iterator, Mapping, MutableSequence, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +54,18 @@ from kblabs.platform.adapters.sql_analytics import (
 )
 
 DEFAULT_NAMESPACE = "default"
+_charged: ContextVar[str | None] = ContextVar("kb_usage_namespace", default=None)
+
+
+@contextlib.contextmanager
+def charged_to(namespace: str) -> Iterator[None]:
+    """Adapter calls made inside are recorded in `namespace` (the caller's tenant)."""
+    token = _charged.set(namespace)
+    try:
+        yield
+    finally:
+        _charged.reset(token)
+
 
 # --- writing: the wrappers ---------------------------------------------------------------
 
@@ -77,7 +93,9 @@ class Tracked:
         return f"<usage-tracked {self.token} {self.__wrapped__!r}>"
 
     async def _track(self, type: str, payload: dict[str, Any], namespace: Any = None) -> None:
-        target = namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE
+        if not (isinstance(namespace, str) and namespace):
+            namespace = _charged.get() or DEFAULT_NAMESPACE
+        target = namespace
         try:
             await self._analytics.track(type, payload, namespace_id=target)
         except Exception as exc:  # track() must not raise; a foreign adapter might

@@ -21,6 +21,7 @@ from typing import Any
 from loguru import logger
 
 from kblabs.errors import KbError
+from kblabs.platform.usage import charged_to
 from kblabs.plugins.permissions import Guard
 
 MAX_FETCH_BYTES = 10 * 1024 * 1024
@@ -415,4 +416,5 @@ async def _adapter_call(services: Services, op: str, args: dict[str, Any]) -> An
         kwargs["namespace"] = services.tenant_id
     if token == "eventBus" and positional:  # published under the plugin's name
         positional[0] = f"{services.plugin_id}:{positional[0]}"
-    return await getattr(adapter, method)(*positional, **kwargs)
+    with charged_to(services.tenant_id):  # usage events land in the plugin's tenant
+        return await getattr(adapter, method)(*positional, **kwargs)

@@ -344,6 +344,13 @@ async def test_platform_embeddings_and_vector_store(
             headers=other,
         )
         assert elsewhere.json()["result"] == 0
+        # usage is charged to the caller's namespace, for adapters that take none too
+        embedded = await app.client.post(
+            "/platform/v1/embeddings/embed", json={"args": ["theirs"]}, headers=other
+        )
+        assert embedded.status_code == 200, embedded.text
+        assert len(await events(app, "embeddings.embed.completed", "team-a")) == 1
+        assert len(await events(app, "embeddings.embed.completed")) == 2
         deleted = await platform(app, "vectorStore/delete", ["a"], collection="docs")
         assert deleted.status_code == 200
         assert (await platform(app, "vectorStore/count", collection="docs")).json()["result"] == 1

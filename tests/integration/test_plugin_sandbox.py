@@ -206,6 +206,34 @@ def test_storage_outside_the_allowed_prefix_is_refused_and_not_written(sandbox, 
     assert [p for p in sandbox.data_dir.rglob("*.bin") if "allowed" in p.parts]
 
 
+def test_a_plugins_storage_use_is_charged_to_the_callers_namespace(sandbox):
+    key = run_cli(
+        "--json",
+        "auth",
+        "create-key",
+        "--role",
+        "operator",
+        "--namespace",
+        "team-z",
+        "z",
+        project=sandbox.project,
+        env=base_env(sandbox.project),
+    )
+    assert key.returncode == 0, key.stderr
+    team_z = {"Authorization": f"Bearer {json.loads(key.stdout)['token']}"}
+    encoded = SUBPROCESS.replace("@", "%40").replace("/", "%2F")
+    written = httpx.post(
+        f"{sandbox.url}/api/v1/plugins/{encoded}/storage-write",
+        json={"path": "allowed/team-z.bin"},
+        headers=team_z,
+        timeout=30,
+    )
+    assert written.status_code == 200, written.text
+    usage = httpx.get(f"{sandbox.url}/api/v1/adapters/storage/usage", headers=team_z, timeout=10)
+    assert usage.status_code == 200, usage.text
+    assert usage.json()["data"]["bytesWritten"] == len(b"stored")
+
+
 @pytest.mark.parametrize("plugin_id", MODES)
 def test_analytics_and_events_are_gated(sandbox, plugin_id):
     denied(call(sandbox, plugin_id, "POST", "/analytics"), "platform.analytics")

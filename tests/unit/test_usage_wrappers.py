@@ -23,6 +23,7 @@ from kblabs.platform.usage import (
     TrackedEmbeddings,
     TrackedStorage,
     TrackedVectorStore,
+    charged_to,
     track_usage,
     unwrap,
 )
@@ -211,6 +212,15 @@ async def test_embeddings_record_counts_and_dimensions(analytics: SqlAnalytics) 
         {"adapter": "words", "count": 1, "dimensions": 3},
         {"adapter": "words", "count": 3, "dimensions": 3},
     ]
+
+
+async def test_calls_charged_to_a_namespace_are_recorded_there(analytics: SqlAnalytics) -> None:
+    embeddings = TrackedEmbeddings(WordEmbeddings(), analytics, "words")
+    with charged_to("team-a"):
+        await embeddings.embed("for team a")
+    await embeddings.embed("the server's own")
+    assert len(await recorded(analytics, "team-a")) == 1
+    assert len(await recorded(analytics, "default")) == 1
 
 
 async def test_vector_store_records_collection_namespace_and_sizes(
