@@ -43,6 +43,7 @@ DEFINITION = re.compile(
     r"\b(?:def|class|function|func|fn|interface|type|struct|enum|trait|impl|module|const"
     r"|let|var|val|macro)\s+\*?([A-Za-z_$][\w$]*)"
     r"|\b([A-Za-z_$][\w$]*)\s*[:=]\s*(?:async\s+)?(?:function\b|\([^)]*\)\s*=>|lambda\b)"
+    r"|\bfunc\s*\([^)]*\)\s*([A-Za-z_]\w*)"  # a Go method: func (s *Server) Serve(
 )
 
 # manifest path → (its bytes, the parsed manifest) of the last read: queries reuse it
@@ -145,12 +146,12 @@ def exact_bonus(names: set[str], body: str, path: str) -> float:
 
 def definitions(chunks: Sequence[Chunk]) -> dict[str, int]:
     """{lower-cased name: the chunk that defines it} for the names a file defines
-    (`def`, `class`, `function`, `fn`, `func`, `type`, `struct`, `const`…, and
-    `name = function`/arrow forms), at most `MAX_DEFINES`; the first chunk wins."""
+    (`def`, `class`, `function`, `fn`, `func`, `type`, `struct`, `const`…, Go methods,
+    and `name = function`/arrow forms), at most `MAX_DEFINES`; the first chunk wins."""
     found: dict[str, int] = {}
     for number, chunk in enumerate(chunks):
         for match in DEFINITION.finditer(chunk.text):
-            name = (match.group(1) or match.group(2)).lower()
+            name = next(group for group in match.groups() if group).lower()
             if len(name) >= MIN_IDENTIFIER:
                 found.setdefault(name, number)
                 if len(found) >= MAX_DEFINES:

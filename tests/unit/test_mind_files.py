@@ -94,6 +94,7 @@ def test_definitions_across_languages() -> None:
         "renderpage",
         "makestore",
         "build_index",
+        "serve",  # a Go method, after its receiver
         "tokencache",
         "handler",
     }
