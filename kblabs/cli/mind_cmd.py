@@ -260,6 +260,8 @@ class _ProgressBar:
 
 
 def _print_report(console: Console, report: dict[str, Any]) -> None:
+    if report.get("rebuiltBecause"):
+        console.print(f"rebuilt from scratch: {report['rebuiltBecause']}", style="yellow")
     console.print(
         f"[bold]{report['index']}[/bold]: {report['files']} files, {report['chunks']} chunks "
         f"({report['filesEmbedded']} files re-embedded, {report['chunksEmbedded']} chunks; "

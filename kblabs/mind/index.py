@@ -8,6 +8,12 @@ ignored, binary or too large) and saves the manifest every `SAVE_EVERY` files, s
 interrupted run loses little and the next one repairs the rest: chunk ids are
 `<path>#<n>`, so upserting a file again replaces its chunks instead of duplicating them.
 
+The manifest also keeps the vector of a fixed probe text. When the embeddings adapter
+now gives another vector for it (another model, even one of the same dimensions), the
+old vectors cannot be compared with new queries, so the next index run starts over. It
+also starts over when the manifest lists chunks the vector store does not have (a new
+vector store).
+
 `embeddings`, `vectors` and `storage` are the platform adapters, or a plugin's governed
 views of them (the same methods); the vector store is called with `collection=` only, so
 a plugin's calls stay in its tenant's namespace.
@@ -31,6 +37,8 @@ EMBED_BATCH = 64
 SAVE_EVERY = 200  # files between manifest saves
 SNIPPET_CHARS = 2000  # of each chunk kept in the store, shown in hits
 SNIPPET_LINES = 8
+PROBE_TEXT = "kb-labs mind probe: which embeddings model made this index?"
+SAME_EMBEDDINGS = 0.98  # probe cosine at or above: the same model (servers are not bit-exact)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 WORD = re.compile(r"[A-Za-z][a-z]+|[A-Z]+(?![a-z])|\d+")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -74,6 +82,7 @@ class IndexReport:
     skipped_binary: int = 0
     skipped_large: int = 0
     ignored: int = 0
+    rebuilt_because: str | None = None  # why the index started over, when it did
     duration_ms: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +99,7 @@ class IndexReport:
             "skippedBinary": self.skipped_binary,
             "skippedLarge": self.skipped_large,
             "ignored": self.ignored,
+            "rebuiltBecause": self.rebuilt_because,
             "durationMs": round(self.duration_ms, 1),
         }
 
@@ -180,6 +190,34 @@ def _unit(vector: Sequence[float]) -> Any:
     return array / norm if norm else array
 
 
+def _why_start_over(
+    manifest: dict[str, Any] | None, root: str, probe: list[float], rebuild: bool
+) -> str | None:
+    """Why an index run cannot build on the stored manifest, or None when it can."""
+    if rebuild:
+        return "asked to rebuild"
+    if manifest is None:
+        return "the stored index could not be read (damaged, or from another version)"
+    if manifest.get("root") != root:
+        return f"the index was of another folder ({manifest.get('root')})"
+    if not same_embeddings(manifest.get("probe"), probe):
+        return "the embeddings adapter changed (its vectors are not comparable)"
+    return None
+
+
+def same_embeddings(recorded: list[float] | None, probe: list[float]) -> bool:
+    """Whether `probe` comes from the model that recorded `recorded` (None: an index made
+    before probes were kept, taken on trust)."""
+    if recorded is None:
+        return True
+    if len(recorded) != len(probe):
+        return False
+    a, b = _unit(recorded), _unit(probe)
+    if not a.any() or not b.any():
+        return bool((a == b).all())
+    return float(a @ b) >= SAME_EMBEDDINGS
+
+
 def best_window(text: str, query_words: set[str], start_line: int) -> tuple[str, int]:
     """The `SNIPPET_LINES` lines of a chunk that mention the query's words most."""
     lines = text.splitlines()
@@ -260,11 +298,16 @@ class MindIndex:
         started = time.perf_counter()
         report = IndexReport(self.name, workspace.root)
         manifest = None if rebuild else await self.load_manifest()
-        if manifest is None or manifest.get("root") != workspace.root:
-            # another folder, a rebuild, or a manifest this version cannot read: start over
-            if manifest is not None or rebuild or await self.storage.exists(self.manifest_path):
+        probe = await self._probe()
+        reason = _why_start_over(manifest, workspace.root, probe, rebuild)
+        if reason is None and manifest is not None and await self._store_lost_it(manifest):
+            reason = "the vector store holds none of its vectors (another vector store?)"
+        if reason is not None or manifest is None:
+            if rebuild or manifest is not None or await self.storage.exists(self.manifest_path):
                 await self.vectors.drop_collection(collection=self.collection)
+                report.rebuilt_because = reason  # (a first index is no rebuild)
             manifest = {"version": MANIFEST_VERSION, "root": workspace.root, "files": {}}
+        manifest["probe"] = probe
         await _report(progress, "scan", 0, 0, "")
         listing = await workspace.files()
         report.skipped_large, report.ignored = len(listing.skipped_large), listing.ignored
@@ -304,6 +347,15 @@ class MindIndex:
         report.duration_ms = (time.perf_counter() - started) * 1000
         await _report(progress, "done", total, total, "")
         return report
+
+    async def _store_lost_it(self, manifest: dict[str, Any]) -> bool:
+        """The manifest lists chunks, but the collection is empty."""
+        listed = any(entry["chunks"] for entry in manifest["files"].values())
+        return listed and await self.vectors.count(collection=self.collection) == 0
+
+    async def _probe(self) -> list[float]:
+        """The vector of `PROBE_TEXT`: which embeddings made this index."""
+        return [round(float(x), 6) for x in await self.embeddings.embed(PROBE_TEXT)]
 
     # --- querying ----------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ import pytest
 from tests.conftest import AppClient, base_env, run_cli, running_app
 from tests.integration.test_agent import agents as agents  # the fixture
 from tests.mind_repo import generate
+from tests.openai_server import OpenAIServer
+from tests.openai_server import openai_server as openai_server  # the fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +27,10 @@ async def index(api: AppClient, **body) -> httpx.Response:
 
 async def query(api: AppClient, q: str, **params) -> httpx.Response:
     return await api.client.get(f"{MIND}/query", params={"q": q, **params}, headers=api.auth)
+
+
+async def status(api: AppClient) -> httpx.Response:
+    return await api.client.get(f"{MIND}/status", headers=api.auth)
 
 
 def data(response: httpx.Response) -> dict:
@@ -134,6 +140,34 @@ async def test_the_index_survives_a_restart(project: Path):
             assert "pkg4/mod_4.py" in top_paths(found)
             report = data(await index(api, path="src"))
             assert report["filesEmbedded"] == 0 and report["unchanged"] == 30
+
+
+async def test_switching_embeddings_rebuilds_even_at_the_same_dimensions(
+    project: Path, openai_server: OpenAIServer
+):
+    generate(project / "src", 12)
+    async with running_app(project) as api:  # the default: hashed, 384 dimensions
+        first = data(await index(api, path="src"))
+        assert first["filesEmbedded"] == 12 and first["rebuiltBecause"] is None
+    remote = {"apiKey": "sk-mind", "baseUrl": openai_server.url, "dimensions": 384}
+    config = {"platform": {"adapters": {"embeddings": "openai"}, "adapterOptions": {}}}
+    config["platform"]["adapterOptions"]["embeddings"] = remote
+    async with running_app(project, config) as api:
+        switched = data(await index(api, path="src"))
+        assert switched["filesEmbedded"] == 12 and switched["unchanged"] == 0
+        assert "embeddings adapter changed" in switched["rebuiltBecause"]
+        assert data(await status(api))["chunks"] == switched["chunks"]
+        again = data(await index(api, path="src"))
+        assert again["filesEmbedded"] == 0 and again["rebuiltBecause"] is None
+        rebuilt = data(await index(api, path="src", rebuild=True))
+        assert rebuilt["rebuiltBecause"] == "asked to rebuild"
+        # a vector store that lost the vectors (another store, say) is noticed too
+        await api.app.state.runtime.adapters.get("vectorStore").drop_collection(
+            collection="mind-default"
+        )
+        refilled = data(await index(api, path="src"))
+        assert "holds none of its vectors" in refilled["rebuiltBecause"]
+        assert refilled["filesEmbedded"] == 12
 
 
 async def test_mind_can_be_switched_off_and_on(app_client: AppClient, project: Path):
