@@ -101,17 +101,17 @@ CANDIDATE = (
     .order_by(jobs.c.priority, jobs.c.available_at)
     .limit(1)
 )
+_LEASED = {  # what taking a job writes (with its started_at)
+    "status": "running",
+    "lease_owner": bindparam("b_owner"),
+    "lease_token": bindparam("b_token"),
+    "lease_expires_at": bindparam("b_expires"),
+    "attempt": jobs.c.attempt + 1,
+}
 TAKE = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_job"), jobs.c.status == "queued")
-    .values(
-        status="running",
-        lease_owner=bindparam("b_owner"),
-        lease_token=bindparam("b_token"),
-        lease_expires_at=bindparam("b_expires"),
-        attempt=jobs.c.attempt + 1,
-        started_at=bindparam("b_started"),
-    )
+    .values(**_LEASED, started_at=bindparam("b_started"))
 )
 MARK_RUN_RUNNING = (
     update(runs)
@@ -134,14 +134,7 @@ TAKE_NEXT = (
         .scalar_subquery(),
         jobs.c.status == "queued",
     )
-    .values(
-        status="running",
-        lease_owner=bindparam("b_owner"),
-        lease_token=bindparam("b_token"),
-        lease_expires_at=bindparam("b_expires"),
-        attempt=jobs.c.attempt + 1,
-        started_at=func.coalesce(jobs.c.started_at, bindparam("b_stamp")),
-    )
+    .values(**_LEASED, started_at=func.coalesce(jobs.c.started_at, bindparam("b_stamp")))
     .returning(*jobs.c)
 )
 START_RUN = MARK_RUN_RUNNING.returning(*runs.c)

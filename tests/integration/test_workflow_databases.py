@@ -11,6 +11,7 @@ import pytest
 
 from kblabs.app import create_app
 from kblabs.store import Store
+from kblabs.store.engine import sqlite_file_engine
 from kblabs.workflow.journal import in_tx, now
 from kblabs.workflow.queue import JobQueue
 from tests.conftest import make_settings
@@ -131,3 +132,45 @@ async def test_two_claims_at_once_never_run_two_jobs_of_one_group(project, datab
             assert await asyncio.wait_for(racing, 10) is None  # the group is busy now
         finally:
             await other.stop()
+
+
+TWO_JOBS = """
+name: Two
+version: 1
+on: {manual: true}
+jobs:
+  first:
+    steps: [{run: echo one}, {run: echo two}]
+  second:
+    steps: [{run: echo three}]
+"""
+
+
+async def test_claims_without_update_returning_read_the_same_rows(project):
+    # SQLite before 3.35 has no UPDATE … RETURNING: claims then take a job in three
+    # statements. This machine's SQLite has it, so the test turns it off on an engine.
+    folder = project / ".kb" / "workflows"
+    folder.mkdir(parents=True)
+    (folder / "two.yml").write_text(TWO_JOBS)
+    settings = make_settings(project, KB_WORKFLOW_WORKERS="false")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        workflows = app.state.runtime.workflows
+        run_id, _ = await workflows.create_run("two")
+        old_sqlite = sqlite_file_engine(settings.database_url)
+        old_sqlite.dialect.update_returning = False
+        queue = JobQueue(workflows.store, "old")
+        try:
+            with old_sqlite.connect() as conn:
+                claims = [queue._claim(conn, f"token-{n}", True) for n in range(3)]
+        finally:
+            old_sqlite.dispose()
+    first, second, none = claims
+    assert none is None
+    assert {first.lease.job_id, second.lease.job_id} == {f"{run_id}:first", f"{run_id}:second"}
+    for claim in (first, second):
+        assert claim.run["id"] == run_id and claim.run["status"] == "running"
+        assert claim.job["status"] == "running" and claim.job["attempt"] == 1
+        assert claim.job["lease_token"] == claim.lease.token
+        assert {job["id"] for job in claim.jobs} == {f"{run_id}:first", f"{run_id}:second"}
+        assert len(claim.steps) == 3
