@@ -265,6 +265,9 @@ workflow_schedules = Table(
     Column("last_run_at", DateTime(timezone=True), nullable=True),
     Column("last_run_id", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # none | latest: what the leader does, on taking over, with fires missed while no
+    # process ran the scheduler (skip them, or run the last one once)
+    Column("catch_up", String(16), nullable=False, server_default="none"),
 )
 
 run_events = Table(

@@ -8,18 +8,25 @@ schedule stays paused across syncs and restarts.
 Only the holder of the `workflow-scheduler` lease (a row in `kb_leases`, renewed every
 few seconds) runs APScheduler; any process may take over when the holder dies. Each
 fire creates a run with the idempotency key `schedule:<id>:<fire time>`, so two leaders
-overlapping for a moment still start one run per fire. Missed fires while nobody led
-are skipped (no catch-up), as in the original.
+overlapping for a moment still start one run per fire.
+
+Fires missed while nobody led (the server down, or the lease changing hands) are
+skipped, as in the original, unless the schedule says `catch_up = "latest"`
+(`on.schedule.catchUp`, or `catchUp` of the crons API): then the leader that loads it
+finds the fire its predecessor planned (`next_run_at`) in the past and starts the
+latest missed fire, once, under that fire's own idempotency key, so a second leader or
+a later reload of the same stale row finds that run instead of starting another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 from loguru import logger
 from sqlalchemy import delete, insert, select, update
 
@@ -36,6 +43,8 @@ if TYPE_CHECKING:
 LEASE_NAME = "workflow-scheduler"
 LEASE_TTL = timedelta(seconds=15)
 TICK_S = 5.0
+CATCH_UP_VALUES = ("none", "latest")
+CATCH_UP_STEPS = 10_000  # cron fires stepped through at most, per look-back window
 
 
 async def hold_lease(store: Store, name: str, owner: str, ttl: timedelta) -> bool:
@@ -77,6 +86,7 @@ def schedule_view(row: Any) -> dict[str, Any]:
         "lastRun": iso(row["last_run_at"]),
         "lastRunId": row["last_run_id"],
         "nextRun": iso(row["next_run_at"]),
+        "catchUp": row["catch_up"],
     }
 
 
@@ -119,6 +129,7 @@ class Scheduler:
                     "workflow_id": entry.id,
                     "cron": trigger.cron,
                     "timezone": trigger.timezone or "UTC",
+                    "catch_up": trigger.catch_up,
                 }
         for plugin, cron in self.engine.plugins.cron_schedules() if self.engine.plugins else []:
             declared[f"plugin:{plugin.id}:{cron.id}"] = {
@@ -185,11 +196,14 @@ class Scheduler:
         timezone: str = "UTC",
         enabled: bool = True,
         tenant_id: str = "default",
+        catch_up: str = "none",
     ) -> dict[str, Any]:
         try:
             cron_trigger(cron, timezone)
         except (ValueError, LookupError) as exc:
             raise KbError("VALIDATION_ERROR", f"schedule {cron!r}: {exc}", 400) from None
+        if catch_up not in CATCH_UP_VALUES:
+            raise KbError("VALIDATION_ERROR", "catchUp: must be 'none' or 'latest'", 400)
         if schedule_id.startswith(("workflow:", "plugin:")):
             raise KbError("VALIDATION_ERROR", "ids starting workflow: or plugin: are reserved", 400)
         async with self.store.write() as conn:
@@ -210,6 +224,7 @@ class Scheduler:
                     enabled=enabled,
                     priority=1,
                     created_at=now(),
+                    catch_up=catch_up,
                 )
             )
         return schedule_view(await self.get(schedule_id))
@@ -228,9 +243,14 @@ class Scheduler:
 
     async def set_enabled(self, schedule_id: str, enabled: bool) -> None:
         await self.get(schedule_id)
+        # Pausing forgets the planned fire: fires skipped while paused are not missed
+        # ones, so a schedule resumed while no process leads has nothing to catch up.
+        values: dict[str, Any] = {"enabled": enabled}
+        if not enabled:
+            values["next_run_at"] = None
         async with self.store.write() as conn:
             await conn.execute(
-                update(schedules).where(schedules.c.id == schedule_id).values(enabled=enabled)
+                update(schedules).where(schedules.c.id == schedule_id).values(**values)
             )
 
     # --- firing ----------------------------------------------------------------------------
@@ -303,8 +323,10 @@ class Scheduler:
     async def _reload(self) -> None:
         """Bring APScheduler's jobs in line with the table (cheap when nothing changed)."""
         async with self.store.engine.connect() as conn:
-            rows = list((await conn.execute(select(schedules))).mappings())
-        wanted = {row["id"]: (row["cron"], row["timezone"], bool(row["enabled"])) for row in rows}
+            rows = {row["id"]: row for row in (await conn.execute(select(schedules))).mappings()}
+        wanted = {
+            key: (row["cron"], row["timezone"], bool(row["enabled"])) for key, row in rows.items()
+        }
         if self._aps is None:
             self._aps = AsyncIOScheduler(timezone="UTC")
             self._aps.start()
@@ -328,6 +350,9 @@ class Scheduler:
             except (ValueError, LookupError) as exc:
                 logger.warning("cron {}: bad schedule {!r}: {}", schedule_id, cron, exc)
                 continue
+            if rows[schedule_id]["catch_up"] == "latest":
+                # before the job is added: its first fire is the next one, whatever was missed
+                await self._catch_up(schedule_id, trigger, rows[schedule_id]["next_run_at"])
             job = self._aps.add_job(
                 self._fired,
                 trigger,
@@ -347,6 +372,32 @@ class Scheduler:
                         .values(next_run_at=when)
                     )
 
+    async def _catch_up(
+        self, schedule_id: str, trigger: CronTrigger, planned: datetime | None
+    ) -> None:
+        """`catch_up = "latest"`: `planned` is the fire the previous leader scheduled; if
+        it has passed, nobody fired it (a live leader moves `next_run_at` on after each
+        fire), so start the latest fire since then, once, whatever the downtime."""
+        if planned is None:  # new, or paused since: nothing was missed
+            return
+        missed = latest_fire(trigger, _aware(planned), now())
+        if missed is None:
+            return
+        # in UTC, as `_fired` names a fire: the key a live leader would have used
+        fire_time = missed.astimezone(UTC).replace(microsecond=0)
+        try:
+            await self.fire(schedule_id, fire_time)
+        except Exception as exc:  # a broken schedule must not stop the others
+            logger.warning(
+                "cron {} could not catch up the fire of {}: {}", schedule_id, iso(fire_time), exc
+            )
+            return
+        logger.info(
+            "cron {}: caught up the fire of {} missed while no scheduler ran",
+            schedule_id,
+            iso(fire_time),
+        )
+
     def _stop_aps(self) -> None:
         if self._aps is not None:
             with contextlib.suppress(Exception):
@@ -360,6 +411,38 @@ def _utc(when: datetime | None) -> datetime | None:
     from datetime import UTC
 
     return when.astimezone(UTC) if when is not None else None
+
+
+def _aware(when: datetime) -> datetime:
+    """SQLite hands datetimes back without a zone; they were stored in UTC."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def latest_fire(trigger: CronTrigger, since: datetime, until: datetime) -> datetime | None:
+    """The last fire time of `trigger` in [since, until], or None.
+
+    Cron has no "previous fire", so this looks back from `until` over a window doubling
+    from one second and steps forward through the first window holding a fire: a long
+    downtime of a frequent schedule costs a few dozen steps, not one per missed fire.
+    """
+    span = timedelta(seconds=1)
+    while True:
+        start = max(since, until - span)
+        first = trigger.get_next_fire_time(None, start)
+        if first is not None and first <= until:
+            return _last_fire_until(trigger, first, until)
+        if start == since:
+            return None
+        span *= 2
+
+
+def _last_fire_until(trigger: CronTrigger, fire: datetime, until: datetime) -> datetime:
+    for _ in range(CATCH_UP_STEPS):
+        following = trigger.get_next_fire_time(fire, fire)
+        if following is None or following > until:
+            break
+        fire = following
+    return fire
 
 
 def _plugin_job_type(plugin_id: str, payload: Any) -> str:

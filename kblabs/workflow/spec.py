@@ -90,6 +90,7 @@ MAX_NODES = 100_000  # a document bigger than this (or an alias bomb) is refused
 UsesKind = Literal["builtin", "plugin", "command", "workflow"]
 Priority = Literal["high", "normal", "low"]
 Isolation = Literal["strict", "balanced", "relaxed"]
+CatchUp = Literal["none", "latest"]  # fires missed while no scheduler ran: skip, or run the last
 USES_FORMS = (
     "builtin:shell, builtin:noop, builtin:approval, builtin:gate, "
     "plugin:<pluginId>/<handlerId>, command:<commandId> or workflow:<workflowId>"
@@ -256,6 +257,7 @@ class ExecutionTarget(SpecModel):
 class ScheduleTrigger(SpecModel):
     cron: NonEmpty
     timezone: NonEmpty | None = None  # None: the configured default (UTC)
+    catch_up: CatchUp = "none"
 
     @field_validator("cron")
     @classmethod

@@ -13,7 +13,7 @@ run id, and starts one run per delivery id (`X-KB-Delivery` / `X-GitHub-Delivery
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -49,6 +49,7 @@ class CronBody(BaseModel):
     payload: Any = None
     timezone: str = "UTC"
     enabled: bool = True
+    catch_up: Literal["none", "latest"] = Field(default="none", alias="catchUp")
 
 
 @requires("viewer")
@@ -58,7 +59,8 @@ async def list_crons(request: Request) -> JSONResponse:
 
 @requires("operator")
 async def create_cron(request: Request) -> JSONResponse:
-    """`{id, schedule, jobType, payload?, timezone='UTC', enabled=true}` → 201."""
+    """`{id, schedule, jobType, payload?, timezone='UTC', enabled=true, catchUp='none'}`
+    → 201."""
     body = await json_body(request, CronBody)
     missing = [
         n
@@ -75,6 +77,7 @@ async def create_cron(request: Request) -> JSONResponse:
         timezone=body.timezone,
         enabled=body.enabled,
         tenant_id=namespace_of(request.scope),
+        catch_up=body.catch_up,
     )
     return ok(request, created, 201)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -102,6 +105,171 @@ async def test_a_workflow_schedule_is_listed_led_and_fired_once_per_minute(app):
     assert first == second
     run = await finished(client, auth, first)
     assert run["status"] == "success" and run["trigger"]["type"] == "schedule"
+
+
+async def test_crons_api_takes_catch_up_latest_or_none_and_nothing_else(app):
+    client, auth, _ = app
+    body = {"id": "nightly-catch-up", "schedule": "0 3 * * *", "jobType": "builtin:noop"}
+    created = await client.post("/api/v1/crons", json={**body, "catchUp": "latest"}, headers=auth)
+    assert created.status_code == 201 and created.json()["data"]["catchUp"] == "latest"
+    crons = (await client.get("/api/v1/crons", headers=auth)).json()["data"]["crons"]
+    by_id = {c["id"]: c for c in crons}
+    assert by_id["nightly-catch-up"]["catchUp"] == "latest"
+    assert by_id["workflow:nightly"]["catchUp"] == "none"
+    plain = await client.post("/api/v1/crons", json={**body, "id": "plain"}, headers=auth)
+    assert plain.json()["data"]["catchUp"] == "none"
+    bad = await client.post(
+        "/api/v1/crons", json={**body, "id": "odd", "catchUp": "sometimes"}, headers=auth
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "VALIDATION_ERROR"
+    assert bad.json()["error"]["message"].startswith("catchUp:")
+    gone = await client.get("/api/v1/crons/odd", headers=auth)
+    assert gone.status_code == 404
+
+
+async def test_pausing_forgets_the_planned_fire(app):
+    """A fire skipped while paused is not a missed one: resumed while no process leads,
+    the schedule has no stale `nextRun` for a `catchUp: latest` leader to catch up."""
+    client, auth, application = app
+    body = {"id": "hourly", "schedule": "0 * * * *", "jobType": "builtin:noop"}
+    await client.post("/api/v1/crons", json={**body, "catchUp": "latest"}, headers=auth)
+    assert (await led(client, auth, application, "hourly"))["nextRun"]
+    await client.post("/api/v1/crons/hourly/pause", headers=auth)
+    assert (await client.get("/api/v1/crons/hourly", headers=auth)).json()["data"][
+        "nextRun"
+    ] is None
+
+
+CATCHING_UP = """
+name: Tidy
+version: 1
+on:
+  schedule:
+    cron: "{cron}"{catch_up}
+jobs:
+  main:
+    steps:
+      - run: echo tidy
+"""
+
+
+@contextlib.asynccontextmanager
+async def started(project: Path) -> AsyncIterator[tuple]:
+    """One server life on the project's SQLite file (each start is a new scheduler)."""
+    import httpx
+
+    settings = make_settings(project)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            token = (settings.data_dir / "admin.token").read_text().strip()
+            yield client, {"Authorization": f"Bearer {token}"}, application
+
+
+async def led(client, auth, application, schedule_id: str) -> dict:
+    """The schedule once this process leads and has loaded it: its `nextRun` is the
+    leader's, in the future (a catch-up, if any, happens before it is written)."""
+    scheduler = application.state.runtime.workflows.scheduler
+    deadline = time.monotonic() + 15
+    while True:
+        cron = (await client.get(f"/api/v1/crons/{schedule_id}", headers=auth)).json()["data"]
+        planned = cron["nextRun"] and datetime.fromisoformat(cron["nextRun"])
+        if scheduler.leading and planned and planned > datetime.now(UTC):
+            return cron
+        assert time.monotonic() < deadline, f"the scheduler did not load {schedule_id}: {cron}"
+        await asyncio.sleep(0.2)
+
+
+async def schedule_runs(client, auth, workflow_id: str) -> list[dict]:
+    answer = await client.get(f"/api/v1/workflows/{workflow_id}/runs", headers=auth)
+    return [r for r in answer.json()["data"]["runs"] if r["trigger"]["type"] == "schedule"]
+
+
+def plan_in_the_past(project: Path, schedule_id: str, when: datetime) -> None:
+    """What a server that was down looks like: the fire its last leader planned has gone
+    by. Written straight into the SQLite file while no server runs."""
+    from sqlalchemy import create_engine, update
+
+    from kblabs.store.tables import workflow_schedules
+
+    engine = create_engine(f"sqlite:///{make_settings(project).data_dir / 'kblabs.db'}")
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(workflow_schedules)
+            .where(workflow_schedules.c.id == schedule_id)
+            .values(next_run_at=when)
+        )
+        assert changed.rowcount == 1
+    engine.dispose()
+
+
+def two_missed_fires(start: datetime) -> tuple[str, datetime]:
+    """An hourly cron that fired 6 and 3 minutes ago (whole minutes) and not again for
+    the next 50: the test sees no fire of its own, and the latest missed one is known."""
+    latest = (start - timedelta(minutes=3)).replace(second=0, microsecond=0)
+    earlier = latest - timedelta(minutes=3)
+    minutes = ",".join(str(m) for m in sorted({earlier.minute, latest.minute}))
+    return f"{minutes} * * * *", latest
+
+
+async def test_catch_up_latest_runs_the_latest_missed_fire_once(project):
+    start = datetime.now(UTC)
+    cron, latest = two_missed_fires(start)
+    write_workflow(project, "tidy", CATCHING_UP.format(cron=cron, catch_up="\n    catchUp: latest"))
+    async with started(project) as (client, auth, application):
+        assert (await led(client, auth, application, "workflow:tidy"))["catchUp"] == "latest"
+        assert await schedule_runs(client, auth, "tidy") == []  # a new schedule missed nothing
+
+    plan_in_the_past(project, "workflow:tidy", start - timedelta(minutes=10))
+    async with started(project) as (client, auth, application):
+        cron_view = await led(client, auth, application, "workflow:tidy")
+        (run,) = await schedule_runs(client, auth, "tidy")
+        assert run["trigger"]["payload"] == {
+            "cronJobId": "workflow:tidy",
+            "scheduledAt": latest.isoformat(),
+        }
+        assert cron_view["lastRunId"] == run["id"]
+        assert (await finished(client, auth, run["id"]))["status"] == "success"
+
+    # restarted again, the row as that leader left it: nothing more was missed
+    async with started(project) as (client, auth, application):
+        await led(client, auth, application, "workflow:tidy")
+        assert [r["id"] for r in await schedule_runs(client, auth, "tidy")] == [run["id"]]
+
+    # a leader reading the same stale row again (two leaders, a crash before the row was
+    # written) finds the run of that fire instead of starting another
+    plan_in_the_past(project, "workflow:tidy", start - timedelta(minutes=10))
+    async with started(project) as (client, auth, application):
+        await led(client, auth, application, "workflow:tidy")
+        assert [r["id"] for r in await schedule_runs(client, auth, "tidy")] == [run["id"]]
+
+
+async def test_without_catch_up_missed_fires_are_skipped(project):
+    start = datetime.now(UTC)
+    cron, _ = two_missed_fires(start)
+    write_workflow(project, "tidy", CATCHING_UP.format(cron=cron, catch_up=""))
+    async with started(project) as (client, auth, application):
+        assert (await led(client, auth, application, "workflow:tidy"))["catchUp"] == "none"
+    plan_in_the_past(project, "workflow:tidy", start - timedelta(minutes=10))
+    async with started(project) as (client, auth, application):
+        await led(client, auth, application, "workflow:tidy")
+        assert await schedule_runs(client, auth, "tidy") == []
+
+
+def test_latest_fire_looks_back_from_now_whatever_the_downtime():
+    from kblabs.workflow.scheduler import latest_fire
+    from kblabs.workflow.spec import cron_trigger
+
+    until = datetime(2026, 3, 4, 10, 7, 30, 500000, tzinfo=UTC)
+    every_second = cron_trigger("* * * * * *", "UTC")
+    # a year of one fire a second: far more than any step-by-step walk would take
+    year_ago = until - timedelta(days=365)
+    assert latest_fire(every_second, year_ago, until) == until.replace(microsecond=0)
+    daily = cron_trigger("0 3 * * *", "Europe/Berlin")  # 03:00 in Berlin is 02:00 UTC
+    assert latest_fire(daily, year_ago, until) == datetime(2026, 3, 4, 2, tzinfo=UTC)
+    assert latest_fire(daily, datetime(2026, 3, 4, 2, 0, 1, tzinfo=UTC), until) is None
+    assert latest_fire(daily, until + timedelta(hours=1), until) is None  # planned ahead
 
 
 async def test_crons_api_create_trigger_pause_resume_delete(app):
@@ -340,6 +508,12 @@ async def test_cancel_in_progress_replaces_the_running_run(app, project):
             "",
         ),
         ("name: x\nversion: 1\non: {manual: true}\njobs: [", "", "invalid YAML"),
+        (
+            "name: x\nversion: 1\non:\n  schedule: {cron: '* * * * *', catchUp: sometimes}\n"
+            "jobs:\n  a: {steps: [{run: 'true'}]}\n",
+            "on.schedule.catchUp",
+            "'none' or 'latest'",
+        ),
     ],
 )
 async def test_validate_names_the_path_of_every_bad_spec(app, text, path, words):

@@ -355,6 +355,16 @@ def test_defaults() -> None:
     assert spec.jobs["a"].steps[0].workflow_call().mode == "wait"
 
 
+def test_schedule_catch_up_is_none_unless_latest_is_asked_for() -> None:
+    spec = ci_spec()
+    assert spec.on.schedule is not None and spec.on.schedule.catch_up == "none"
+    doc = mutate((("on", "schedule"), {"cron": "0 3 * * *", "catchUp": "latest"}))
+    latest, problems = validate_spec(doc)
+    assert problems == [] and latest is not None and latest.on.schedule is not None
+    assert latest.on.schedule.catch_up == "latest"
+    assert latest.to_data()["on"]["schedule"]["catchUp"] == "latest"
+
+
 def test_retry_delays() -> None:
     exp = RetryPolicy(max=5)
     delays = [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
@@ -540,6 +550,12 @@ ERROR_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         mutate((("on", "schedule"), {"cron": "* * * * *", "timezone": "Mars/Base"})),
         "on.schedule.timezone",
         "unknown time zone 'Mars/Base'",
+    ),
+    (
+        "bad catch-up",
+        mutate((("on", "schedule"), {"cron": "* * * * *", "catchUp": "sometimes"})),
+        "on.schedule.catchUp",
+        "Input should be 'none' or 'latest'",
     ),
     (
         "webhook source",
