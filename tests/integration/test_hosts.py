@@ -211,7 +211,7 @@ async def test_hosts_survive_a_restart_as_offline(live_server_factory, project):
     created = register_host(first)
     async with connect(first, created["machineToken"]) as ws:
         await hello(ws)
-        assert first.stop() == 0
+        assert await asyncio.to_thread(first.stop) == 0  # the loop must answer the close
     second = live_server_factory()
     second.port = first.port
     second.start()
