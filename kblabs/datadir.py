@@ -10,6 +10,8 @@ from pathlib import Path
 
 from kblabs.errors import StartupError
 
+ADMIN_TOKEN_FILE = "admin.token"  # in the data dir: the admin token the server wrote
+
 
 def ensure_data_dir(path: Path) -> None:
     """Create `path` if needed and prove we can write into it; one clear error if not."""

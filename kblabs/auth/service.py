@@ -25,12 +25,11 @@ from kblabs.auth.identity import DEFAULT_NAMESPACE, ROLES, Identity
 from kblabs.auth.signing import ACCESS_TTL_S, Signer, load_keys
 from kblabs.auth.store import AuthStore, is_live
 from kblabs.config import Settings
-from kblabs.datadir import write_secret_file
+from kblabs.datadir import ADMIN_TOKEN_FILE, write_secret_file
 from kblabs.errors import KbError
 from kblabs.state.service import StateBroker
 from kblabs.store import Store
 
-ADMIN_TOKEN_FILE = "admin.token"
 CACHE_TTL_S = 5.0  # how long a revocation may take to reach a running server
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from kblabs.cli.context import CliContext
 from kblabs.config import Settings
 from kblabs.errors import ExitCode
@@ -27,6 +25,8 @@ def register(commands) -> None:
 
 
 def _sqlite_file(settings: Settings) -> Path | None:
+    from sqlalchemy.engine import make_url  # here: every other command skips its import
+
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         return Path(url.database)

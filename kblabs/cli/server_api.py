@@ -145,7 +145,7 @@ def token_for(ctx: CliContext) -> str:
         return str(ctx.args.token)
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV].strip()
-    from kblabs.auth.service import ADMIN_TOKEN_FILE
+    from kblabs.datadir import ADMIN_TOKEN_FILE
 
     path = ctx.settings().data_dir / ADMIN_TOKEN_FILE
     try:
