@@ -424,8 +424,11 @@ async def _stream(
 
 @requires("viewer")
 async def stats(request: Request) -> JSONResponse:
+    """Runs, jobs and running executions of the caller's namespace; the catalog and the
+    queue (an operational figure: no ids) are shared."""
     engine = _engine(request)
-    counts = await engine.counts()
+    namespace = namespace_of(request.scope)
+    counts = await engine.counts(namespace)
     entries = engine.catalog.entries.values()
     queued, oldest = await engine.queue.depth()
     return ok(
@@ -442,6 +445,7 @@ async def stats(request: Request) -> JSONResponse:
             "activeExecutions": [
                 {"id": job.lease.job_id, "runId": job.lease.run_id, "status": "running"}
                 for job in engine.active.values()
+                if job.claim.run["tenant_id"] == namespace
             ],
         },
     )

@@ -559,15 +559,19 @@ class WorkflowEngine:
 
     # --- counts for metrics and stats ----------------------------------------------------
 
-    async def counts(self) -> dict[str, dict[str, int]]:
+    async def counts(self, tenant_id: str | None = None) -> dict[str, dict[str, int]]:
+        """Runs and jobs by status: of one namespace, or (None) of all of them."""
+        by_run = select(runs.c.status, func.count()).group_by(runs.c.status)
+        by_job = select(jobs.c.status, func.count()).group_by(jobs.c.status)
+        if tenant_id is not None:
+            by_run = by_run.where(runs.c.tenant_id == tenant_id)
+            by_job = by_job.join(runs, runs.c.id == jobs.c.run_id).where(
+                runs.c.tenant_id == tenant_id
+            )
         async with self.store.engine.connect() as conn:
-            by_run = (
-                await conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status))
-            ).all()
-            by_job = (
-                await conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
-            ).all()
-        return {"runs": dict(by_run), "jobs": dict(by_job)}
+            run_counts = (await conn.execute(by_run)).all()
+            job_counts = (await conn.execute(by_job)).all()
+        return {"runs": dict(run_counts), "jobs": dict(job_counts)}
 
 
 # --- transactions (synchronous: run by the store in one go) ---------------------------------

@@ -170,19 +170,23 @@ class Scheduler:
                         )
                     )
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """The schedules of one namespace, or (None) of all of them."""
+        query = select(schedules).order_by(schedules.c.id)
+        if tenant_id is not None:
+            query = query.where(schedules.c.tenant_id == tenant_id)
         async with self.store.engine.connect() as conn:
-            rows = (await conn.execute(select(schedules).order_by(schedules.c.id))).mappings()
-            return [schedule_view(row) for row in rows]
+            return [schedule_view(row) for row in (await conn.execute(query)).mappings()]
 
-    async def get(self, schedule_id: str) -> Any:
+    async def get(self, schedule_id: str, tenant_id: str | None = None) -> Any:
+        """The schedule's row; with `tenant_id`, another namespace's is not found either."""
         async with self.store.engine.connect() as conn:
             row = (
                 (await conn.execute(select(schedules).where(schedules.c.id == schedule_id)))
                 .mappings()
                 .first()
             )
-        if row is None:
+        if row is None or (tenant_id is not None and row["tenant_id"] != tenant_id):
             raise KbError("CRON_NOT_FOUND", f"Cron job not found: {schedule_id}", 404)
         return row
 

@@ -52,9 +52,16 @@ class CronBody(BaseModel):
     catch_up: Literal["none", "latest"] = Field(default="none", alias="catchUp")
 
 
+async def _own_cron(request: Request) -> Any:
+    """The path's schedule, if it is in the caller's namespace (else 404, as unknown)."""
+    scheduler = _engine(request).scheduler
+    return await scheduler.get(request.path_params["cron_id"], namespace_of(request.scope))
+
+
 @requires("viewer")
 async def list_crons(request: Request) -> JSONResponse:
-    return ok(request, {"crons": await _engine(request).scheduler.list()})
+    crons = await _engine(request).scheduler.list(namespace_of(request.scope))
+    return ok(request, {"crons": crons})
 
 
 @requires("operator")
@@ -86,12 +93,12 @@ async def create_cron(request: Request) -> JSONResponse:
 async def get_cron(request: Request) -> JSONResponse:
     from kblabs.workflow.scheduler import schedule_view
 
-    row = await _engine(request).scheduler.get(request.path_params["cron_id"])
-    return ok(request, schedule_view(row))
+    return ok(request, schedule_view(await _own_cron(request)))
 
 
 @requires("operator")
 async def delete_cron(request: Request) -> JSONResponse:
+    await _own_cron(request)
     await _engine(request).scheduler.remove(request.path_params["cron_id"])
     return ok(request, {"deleted": True, "id": request.path_params["cron_id"]})
 
@@ -99,18 +106,21 @@ async def delete_cron(request: Request) -> JSONResponse:
 @requires("operator")
 async def trigger_cron(request: Request) -> JSONResponse:
     """Fire a schedule now (outside its timetable)."""
+    await _own_cron(request)
     run_id = await _engine(request).scheduler.fire(request.path_params["cron_id"])
     return ok(request, {"triggered": True, "runId": run_id}, 201)
 
 
 @requires("operator")
 async def pause_cron(request: Request) -> JSONResponse:
+    await _own_cron(request)
     await _engine(request).scheduler.set_enabled(request.path_params["cron_id"], False)
     return ok(request, {"id": request.path_params["cron_id"], "enabled": False})
 
 
 @requires("operator")
 async def resume_cron(request: Request) -> JSONResponse:
+    await _own_cron(request)
     await _engine(request).scheduler.set_enabled(request.path_params["cron_id"], True)
     return ok(request, {"id": request.path_params["cron_id"], "enabled": True})
 

@@ -627,3 +627,59 @@ async def test_a_waiting_parent_gives_its_worker_to_the_child(project, monkeypat
                 "run"
             ]
             assert child["parentRunId"] == run["id"] and child["status"] == "success"
+
+
+async def operator_in(client, auth, namespace: str) -> dict[str, str]:
+    registered = await client.post(
+        "/auth/register",
+        json={"name": f"ci-{namespace}", "role": "operator", "namespaceId": namespace},
+        headers=auth,
+    )
+    assert registered.status_code == 201, registered.text
+    body = registered.json()
+    pair = await client.post(
+        "/auth/token", json={"clientId": body["clientId"], "clientSecret": body["clientSecret"]}
+    )
+    return {"Authorization": f"Bearer {pair.json()['accessToken']}"}
+
+
+async def test_crons_and_stats_are_per_namespace(app):
+    client, admin, _ = app
+    team_a = await operator_in(client, admin, "team-a")
+    body = {"id": "a-nightly", "schedule": "0 4 * * *", "jobType": "builtin:noop"}
+    assert (await client.post("/api/v1/crons", json=body, headers=team_a)).status_code == 201
+
+    def ids(answer) -> set[str]:
+        assert answer.status_code == 200, answer.text
+        return {cron["id"] for cron in answer.json()["data"]["crons"]}
+
+    assert ids(await client.get("/api/v1/crons", headers=team_a)) == {"a-nightly"}
+    seen_by_admin = ids(await client.get("/api/v1/crons", headers=admin))
+    assert "a-nightly" not in seen_by_admin and "workflow:nightly" in seen_by_admin
+    # another namespace's schedule is not found, whatever the action
+    for method, path in (
+        ("GET", ""),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
+        ("POST", "/trigger"),
+        ("DELETE", ""),
+    ):
+        answer = await client.request(
+            method, f"/api/v1/crons/workflow:nightly{path}", headers=team_a
+        )
+        assert answer.status_code == 404, (method, path, answer.text)
+        assert answer.json()["error"]["code"] == "CRON_NOT_FOUND"
+    assert (await client.get("/api/v1/crons/workflow:nightly", headers=admin)).json()["data"][
+        "enabled"
+    ]
+
+    # stats count the caller's runs only
+    started = await client.post("/api/v1/crons/a-nightly/trigger", headers=team_a)
+    assert started.status_code == 201, started.text
+    await finished(client, team_a, started.json()["data"]["runId"])
+
+    def total(answer) -> int:
+        return sum(answer.json()["data"]["runs"].values())
+
+    assert total(await client.get("/api/v1/stats", headers=team_a)) == 1
+    assert total(await client.get("/api/v1/stats", headers=admin)) == 0
