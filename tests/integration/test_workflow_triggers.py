@@ -68,18 +68,11 @@ async def finished(client, auth, run_id: str, timeout: float = 15.0) -> dict:
 
 @pytest.fixture
 async def app(project, monkeypatch):
-    import httpx
-
     monkeypatch.setenv("HOOK_SECRET", "s3cret")
     write_workflow(project, "nightly", NIGHTLY)
     write_workflow(project, "hooked", HOOKED)
-    settings = make_settings(project)
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            token = (settings.data_dir / "admin.token").read_text().strip()
-            yield client, {"Authorization": f"Bearer {token}"}, application
+    async with started(project) as client_auth_app:
+        yield client_auth_app
 
 
 async def test_a_workflow_schedule_is_listed_led_and_fired_once_per_minute(app):
