@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 LEASE_NAME = "workflow-scheduler"
 LEASE_TTL = timedelta(seconds=15)
 TICK_S = 5.0
+MISFIRE_GRACE_S = 30  # a fire later than this under a live leader is dropped
 CATCH_UP_VALUES = ("none", "latest")
 CATCH_UP_STEPS = 10_000  # cron fires stepped through at most, per look-back window
 
@@ -286,12 +287,7 @@ class Scheduler:
         return run_id
 
     async def _fired(self, schedule_id: str) -> None:
-        # A fire happens on a whole minute (second with a 6-field schedule): the time,
-        # truncated so, names the fire for the idempotency key.
-        with_seconds = len(self._loaded.get(schedule_id, ("",))[0].split()) == 6
-        fire_time = now().replace(microsecond=0)
-        if not with_seconds:
-            fire_time = fire_time.replace(second=0)
+        fire_time = self._fire_time(schedule_id, now())
         try:
             run_id = await self.fire(schedule_id, fire_time)
             logger.info("cron {} fired: run {}", schedule_id, run_id)
@@ -305,6 +301,19 @@ class Scheduler:
                     .where(schedules.c.id == schedule_id)
                     .values(next_run_at=_utc(job.next_run_time))
                 )
+
+    def _fire_time(self, schedule_id: str, stamp: datetime) -> datetime:
+        """The scheduled time of the fire running at `stamp`, in UTC to the second: the
+        name of the fire in its idempotency key. Read from the trigger, not the clock, so
+        it is the same however late the job runs (within the grace) and the same a
+        catch-up of that fire would use."""
+        job = self._aps.get_job(schedule_id) if self._aps else None
+        since = stamp - timedelta(seconds=MISFIRE_GRACE_S + 1)
+        scheduled = latest_fire(job.trigger, since, stamp) if job is not None else None
+        if scheduled is None:  # not loaded any more: the clock, cut to the cron's unit
+            with_seconds = len(self._loaded.get(schedule_id, ("",))[0].split()) == 6
+            scheduled = stamp if with_seconds else stamp.replace(second=0)
+        return scheduled.astimezone(UTC).replace(microsecond=0)
 
     # --- leadership --------------------------------------------------------------------------
 
@@ -364,7 +373,7 @@ class Scheduler:
                 id=schedule_id,
                 coalesce=True,
                 max_instances=1,
-                misfire_grace_time=30,
+                misfire_grace_time=MISFIRE_GRACE_S,
             )
             next_runs[schedule_id] = _utc(job.next_run_time)
         if next_runs:

@@ -88,6 +88,10 @@ async def test_a_workflow_schedule_is_listed_led_and_fired_once_per_minute(app):
         crons = (await client.get("/api/v1/crons", headers=auth)).json()["data"]["crons"]
         nightly = next(c for c in crons if c["id"] == "workflow:nightly")
     assert "T03:00:00" in nightly["nextRun"]
+    # a fire run late (a busy leader) is still named by its scheduled time
+    planned = datetime.fromisoformat(nightly["nextRun"])
+    late = planned + timedelta(seconds=7, microseconds=300)
+    assert scheduler._fire_time("workflow:nightly", late) == planned
 
     # the same fire minute twice (two leaders overlapping) starts one run
     from kblabs.workflow.journal import now
