@@ -22,7 +22,8 @@ pytestmark = pytest.mark.live
 
 TERMINAL = frozenset({"success", "failed", "cancelled", "skipped", "dlq"})
 TERMINAL_EVENTS = frozenset({"run.finished", "run.failed", "run.cancelled", "run.skipped"})
-LEASE_S = 5  # KB_WORKFLOW_LEASE_SECONDS for the crash test (the default is 30)
+LEASE_S = 9  # KB_WORKFLOW_LEASE_SECONDS for the crash tests (default 30); heartbeats every 3 s,
+# so a dead worker's lease runs out 6-9 s after the kill: room for a slow second start
 REAP_EVERY_S = 2  # kblabs.workflow.engine.REAP_EVERY_S
 
 
