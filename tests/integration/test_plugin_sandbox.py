@@ -287,7 +287,7 @@ def test_an_infinite_loop_times_out_fast_and_leaves_no_process(sandbox):
     response = call(sandbox, SUBPROCESS, "GET", "/spin")
     elapsed = time.monotonic() - started
     assert response.status_code == 504 and response.json()["error"]["code"] == "EXECUTION_TIMEOUT"
-    assert elapsed < 1.5, f"504 after {elapsed:.2f}s"
+    assert elapsed < 3.0, f"504 after {elapsed:.2f}s"  # 500 ms timeout + a worker start under load
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
