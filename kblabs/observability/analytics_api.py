@@ -146,6 +146,14 @@ def _analytics(request: Request) -> Any:
     return adapter
 
 
+async def _analytics_read(request: Request) -> Any:
+    """The adapter, for a read that sees every call made before it (tallied usage of
+    the cache is recorded first)."""
+    adapter = _analytics(request)
+    await request.app.state.runtime.adapters.flush_usage()
+    return adapter
+
+
 def _method(adapter: Any, name: str, code: str, what: str) -> Callable[..., Any]:
     method = getattr(adapter, name, None)
     if method is None:
@@ -185,7 +193,7 @@ def _filters(request: Request) -> EventFilters:
 
 @requires("viewer")
 async def events(request: Request) -> JSONResponse:
-    adapter = _analytics(request)
+    adapter = await _analytics_read(request)
     filters = _filters(request)
     get_events = _method(adapter, "get_events", "ANALYTICS_NOT_IMPLEMENTED", "event queries")
     return ok(request, await _read(get_events(filters)))
@@ -193,7 +201,7 @@ async def events(request: Request) -> JSONResponse:
 
 @requires("viewer")
 async def stats(request: Request) -> JSONResponse:
-    adapter = _analytics(request)
+    adapter = await _analytics_read(request)
     filters = _filters(request)
     get_stats = _method(adapter, "get_stats", "ANALYTICS_NOT_IMPLEMENTED", "statistics")
     return ok(request, await _read(get_stats(filters)))
@@ -226,7 +234,7 @@ def _adapter_name(request: Request) -> str:
 @requires("viewer")
 async def adapter_usage(request: Request) -> JSONResponse:
     name = _adapter_name(request)
-    adapter = _analytics(request)
+    adapter = await _analytics_read(request)
     start, end = query_window(request, DEFAULT_WINDOW)
     namespace = read_namespace(request)
     get_usage = _method(adapter, "get_usage", "ANALYTICS_NOT_IMPLEMENTED", "usage queries")
@@ -239,7 +247,7 @@ async def adapter_usage(request: Request) -> JSONResponse:
 @requires("viewer")
 async def adapter_daily_stats(request: Request) -> JSONResponse:
     name = _adapter_name(request)
-    adapter = _analytics(request)
+    adapter = await _analytics_read(request)
     start, end = query_window(request, DEFAULT_WINDOW)
     namespace = read_namespace(request)
     daily = _method(adapter, "get_daily_stats", "ANALYTICS_NOT_IMPLEMENTED", "daily statistics")

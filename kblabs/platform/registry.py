@@ -246,7 +246,17 @@ class AdapterRegistry:
         )
 
     async def stop(self) -> None:
+        await self.flush_usage()  # while analytics still runs: it may stop first
         await _stop_all(list(self._adapters.items()))
+
+    async def flush_usage(self) -> None:
+        """Record the usage the proxies have tallied (kblabs.platform.usage)."""
+        from kblabs.platform.usage import flush_usage
+
+        try:
+            await flush_usage(self._adapters.values())
+        except Exception as exc:  # usage is best effort; never block a read or a stop
+            logger.warning("adapters: could not record tallied usage: {}", exc)
 
     def health(self) -> tuple[str, str]:
         """("ok" | "degraded", message): degraded when an adapter says so (analytics

@@ -12,11 +12,17 @@ in-memory append:
     vectorStore.search.completed   {collection, namespace, limit, results, durationMs}
     vectorStore.upsert.completed   {collection, namespace, count, durationMs}
     vectorStore.delete.completed   {collection, namespace, count, durationMs}
-    cache.hit | cache.miss         {durationMs}                              (get)
-    cache.set.completed            {durationMs}
+    cache.hit | cache.miss         {calls, durationMsTotal}                  (get, tallied)
+    cache.set.completed            {calls, durationMsTotal}                  (set, tallied)
     storage.read.completed         {bytes, durationMs}
     storage.write.completed        {bytes, durationMs}
     <token>.<method>.failed        {error: {code, type, message}, durationMs, + the call's fields}
+
+Cache calls are frequent and cheap, so they are not one event each: the cache proxy
+tallies them per (namespace, type) and records one event per tally with `calls` and
+`durationMsTotal`, every `TALLY_SECONDS`, every `TALLY_MAX_CALLS` calls, before analytics
+is read (`flush_usage`) and when the adapters stop. Readers count `calls` for such events
+and 1 for an event without it (older per-call events).
 
 The exception of a failed call is re-raised unchanged. Events go to the namespace the
 call passed (`namespace=`, as vector stores take), else to the one the caller is charged
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, MutableSequence, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableSequence, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +60,8 @@ from kblabs.platform.adapters.sql_analytics import (
 )
 
 DEFAULT_NAMESPACE = "default"
+TALLY_SECONDS = 10.0  # cache calls are recorded at least this often…
+TALLY_MAX_CALLS = 10_000  # …and after this many
 _charged: ContextVar[str | None] = ContextVar("kb_usage_namespace", default=None)
 
 
@@ -92,10 +100,15 @@ class Tracked:
     def __repr__(self) -> str:
         return f"<usage-tracked {self.token} {self.__wrapped__!r}>"
 
+    @staticmethod
+    def _namespace(namespace: Any = None) -> str:
+        """The namespace a call is recorded in: its own, else the one charged, else default."""
+        if isinstance(namespace, str) and namespace:
+            return namespace
+        return _charged.get() or DEFAULT_NAMESPACE
+
     async def _track(self, type: str, payload: dict[str, Any], namespace: Any = None) -> None:
-        if not (isinstance(namespace, str) and namespace):
-            namespace = _charged.get() or DEFAULT_NAMESPACE
-        target = namespace
+        target = self._namespace(namespace)
         try:
             await self._analytics.track(type, payload, namespace_id=target)
         except Exception as exc:  # track() must not raise; a foreign adapter might
@@ -126,8 +139,20 @@ def _size(value: Any) -> int | None:
 
 
 class TrackedCache(Tracked):
-    __slots__ = ()
+    """Failures are recorded one by one; successful gets and sets are tallied."""
+
+    __slots__ = ("_tallied_calls", "_tally", "_tally_started")
     token = "cache"
+
+    def __init__(self, inner: Any, analytics: Any, name: str) -> None:
+        super().__init__(inner, analytics, name)
+        self._reset_tally()
+
+    def _reset_tally(self) -> None:
+        # (namespace, type) → [calls, total ms]; object.__setattr__: ours, not the adapter's
+        object.__setattr__(self, "_tally", {})
+        object.__setattr__(self, "_tallied_calls", 0)
+        object.__setattr__(self, "_tally_started", time.monotonic())
 
     async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -137,7 +162,7 @@ class TrackedCache(Tracked):
             await self._failed("get", exc, started, {})
             raise
         hit = "cache.hit" if value is not None else "cache.miss"
-        await self._track(hit, {"durationMs": _since(started)}, kwargs.get("namespace"))
+        await self._count(hit, started, kwargs.get("namespace"))
         return value
 
     async def set(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
@@ -147,9 +172,31 @@ class TrackedCache(Tracked):
         except Exception as exc:
             await self._failed("set", exc, started, {})
             raise
-        payload = {"durationMs": _since(started)}
-        await self._track("cache.set.completed", payload, kwargs.get("namespace"))
+        await self._count("cache.set.completed", started, kwargs.get("namespace"))
         return result
+
+    async def _count(self, type: str, started: float, namespace: Any) -> None:
+        entry = self._tally.setdefault((self._namespace(namespace), type), [0, 0.0])
+        entry[0] += 1
+        entry[1] += _since(started)
+        object.__setattr__(self, "_tallied_calls", self._tallied_calls + 1)
+        due = time.monotonic() - self._tally_started >= TALLY_SECONDS
+        if due or self._tallied_calls >= TALLY_MAX_CALLS:
+            await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Record what the tally holds, one event per (namespace, type)."""
+        tally = self._tally
+        self._reset_tally()
+        for (namespace, type), (calls, total_ms) in tally.items():
+            payload = {"calls": calls, "durationMsTotal": round(total_ms, 3)}
+            await self._track(type, payload, namespace)
+
+    async def stop(self) -> None:
+        await self.flush_usage()
+        stop = getattr(self.__wrapped__, "stop", None)
+        if stop is not None:
+            await stop()
 
     # protocol members that are not tracked (explicit, so isinstance checks that do not
     # consult __getattr__ still see them)
@@ -298,6 +345,14 @@ def track_usage(started: MutableSequence[tuple[str, Any]], names: Mapping[str, l
         started[index] = (token, wrapper(adapter, analytics, name))
 
 
+async def flush_usage(adapters: Iterable[Any]) -> None:
+    """Record what the usage proxies among `adapters` have tallied (before analytics is
+    read, and before the adapters stop)."""
+    for adapter in adapters:
+        if isinstance(adapter, TrackedCache):
+            await adapter.flush_usage()
+
+
 def unwrap(adapter: Any) -> Any:
     """The adapter behind a usage proxy (or `adapter` itself)."""
     return adapter.__wrapped__ if isinstance(adapter, Tracked) else adapter
@@ -318,9 +373,10 @@ USAGE_SUMS = {
     "llm": ("promptTokens", "completionTokens", "totalTokens", "costUsd", "durationMs"),
     "embeddings": ("count", "durationMs"),
     "vectorstore": ("count", "results", "durationMs"),
-    "cache": ("durationMs",),
+    "cache": ("durationMs", "calls", "durationMsTotal"),
     "storage": ("bytes", "durationMs"),
 }
+TALLY_FIELDS = ("calls", "durationMsTotal")  # read for every cache query (tallied events)
 # metric → payload fields it needs (daily stats)
 METRICS: dict[str, tuple[str, ...]] = {
     "calls": (),
@@ -376,20 +432,27 @@ class Totals:
     duration_count: int = 0
 
     def add(self, row: AggregateRow) -> None:
-        self.calls += row.count
+        # a tallied event stands for `calls` calls taking `durationMsTotal` ms in all;
+        # any other event is one call taking `durationMs`
+        tallied = row.counted.get("calls", 0)
+        calls = row.count - tallied + int(row.sums.get("calls", 0))
+        self.calls += calls
         if row.type.endswith(".failed"):
-            self.failed += row.count
+            self.failed += calls
         elif row.type == "cache.hit":
-            self.hits += row.count
+            self.hits += calls
         elif row.type == "cache.miss":
-            self.misses += row.count
+            self.misses += calls
         else:
             for name, value in row.sums.items():
-                if name != "durationMs":
+                if name not in ("durationMs", *TALLY_FIELDS):
                     self.sums[name] = self.sums.get(name, 0.0) + value
         if "durationMs" in row.sums:
             self.duration_sum += row.sums["durationMs"]
             self.duration_count += row.counted["durationMs"]
+        if "durationMsTotal" in row.sums:
+            self.duration_sum += row.sums["durationMsTotal"]
+            self.duration_count += int(row.sums.get("calls", 0))
 
     def sum(self, name: str) -> float:
         return self.sums.get(name, 0.0)
@@ -553,6 +616,8 @@ async def daily_stats(
             "groupBy", f"from..to spans more than {MAX_PERIODS} {group_by}s; widen groupBy"
         )
     sums = tuple(dict.fromkeys(f for name in chosen for f in METRICS[name]))
+    if adapter == "cache":  # every metric of the cache needs the tallies' call counts
+        sums = tuple(dict.fromkeys((*sums, *TALLY_FIELDS)))
     prefix = ADAPTERS[adapter]
     query = AggregateQuery(
         prefix, namespace_id, from_ts, to_ts, group_by=group_by, keys=keys, sums=sums

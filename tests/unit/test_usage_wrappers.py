@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kblabs.config import load_settings
-from kblabs.platform import AdapterRegistry, Cache, Embeddings, EventFilters, Storage, VectorStore
+from kblabs.platform import (
+    AdapterRegistry,
+    Cache,
+    Embeddings,
+    EventFilters,
+    Storage,
+    VectorStore,
+    usage,
+)
 from kblabs.platform.adapters.fs_storage import FsStorage
 from kblabs.platform.adapters.memory_cache import MemoryCache, MemoryCacheOptions
 from kblabs.platform.adapters.null import NullCache
@@ -157,11 +166,58 @@ async def test_cache_records_hits_misses_and_sets(analytics: SqlAnalytics) -> No
     assert await cache.delete("k") is True  # untracked, forwarded
     assert await cache.clear() == 0
     assert cache.stats()["hits"] == 1  # an extra of the adapter, through __getattr__
+    await cache.get("k")
+    assert await recorded(analytics, "default") == []  # tallied, not one event per call
+    await cache.flush_usage()
     events = await recorded(analytics, "default")
     assert types(events) == ["cache.set.completed", "cache.hit", "cache.miss"]
+    assert [event["payload"]["calls"] for event in events] == [1, 1, 2]
     for event in events:
-        assert set(event["payload"]) == {"durationMs"}
-        assert event["payload"]["durationMs"] >= 0
+        assert set(event["payload"]) == {"calls", "durationMsTotal"}
+        assert event["payload"]["durationMsTotal"] >= 0
+    await cache.flush_usage()
+    assert len(await recorded(analytics, "default")) == 3  # an empty tally records nothing
+
+
+async def test_the_cache_tally_is_recorded_by_count_by_time_and_at_stop(
+    analytics: SqlAnalytics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = TrackedCache(MemoryCache(MemoryCacheOptions()), analytics, "memory")
+    monkeypatch.setattr(usage, "TALLY_MAX_CALLS", 5)
+    for _ in range(5):
+        await cache.get("x")
+    assert [e["payload"]["calls"] for e in await recorded(analytics)] == [5]
+    monkeypatch.setattr(usage, "TALLY_SECONDS", 0.0)  # every call is due
+    with charged_to("team-a"):
+        await cache.set("x", 1)
+    assert types(await recorded(analytics, "team-a")) == ["cache.set.completed"]
+    monkeypatch.setattr(usage, "TALLY_SECONDS", 3600.0)
+    await cache.get("x")
+    await cache.stop()
+    assert types(await recorded(analytics, "default")) == ["cache.miss", "cache.hit"]
+
+
+async def test_usage_counts_tallied_and_per_call_events_alike(analytics: SqlAnalytics) -> None:
+    # per-call events (as recorded before tallies) and tallies are read together
+    await analytics.track("cache.hit", {"durationMs": 2.0})
+    await analytics.track("cache.hit", {"calls": 9, "durationMsTotal": 18.0})
+    await analytics.track("cache.miss", {"calls": 10, "durationMsTotal": 10.0})
+    await analytics.track("cache.get.failed", {"error": {"code": "X"}, "durationMs": 5.0})
+    totals = await analytics.get_usage("cache", namespace_id="default")
+    assert (totals["totalCalls"], totals["hits"], totals["misses"]) == (21, 10, 10)
+    assert totals["failedCalls"] == 1 and totals["hitRate"] == 0.5
+    assert totals["avgDurationMs"] == round((2 + 18 + 10 + 5) / 21, 3)
+    assert totals["byOperation"]["get"]["calls"] == 21
+    today = datetime.now(UTC)
+    daily = await analytics.get_daily_stats(
+        "cache",
+        namespace_id="default",
+        from_ts=today - timedelta(days=1),
+        to_ts=today + timedelta(days=1),
+        group_by="day",
+    )
+    (bucket,) = [b for b in daily["buckets"] if b["calls"]]
+    assert (bucket["calls"], bucket["hits"], bucket["misses"]) == (21, 10, 10)
 
 
 async def test_storage_records_bytes_and_failures(analytics: SqlAnalytics, tmp_path: Path) -> None:
@@ -299,6 +355,7 @@ async def test_the_registry_hands_out_tracked_adapters(tmp_path: Path, store: St
         assert isinstance(cache, Cache) and isinstance(storage, Storage)
         await storage.write("r.txt", b"12345")
         await cache.get("nothing")
+        await registry.flush_usage()  # as analytics reads do
         analytics = registry.get("analytics")
         assert types(await recorded(analytics)) == ["storage.write.completed", "cache.miss"]
         assert registry.health()[0] == "ok"  # health() of the adapters, through the proxy
