@@ -7,11 +7,12 @@ DEBUG stays out). The sink runs in whatever thread logged, so it only does cheap
 it turns the record into a row (ULID-like id, UTC time, level, message with secrets
 redacted, module, plugin, request/trace/execution ids, namespace, the other bound fields
 as JSON), appends it to the ring buffer and to a bounded list of rows to write, and hands
-it to subscribers on the event loop. A background task writes the list in batches
-(one transaction per `batch_size` rows) every `flush_interval_s` or as soon as a batch is
-full, through the store's async engine, so no request ever waits for it. While the
-database is unreachable rows stay in the list; beyond `max_pending` new rows are dropped
-and counted. Reads flush first, so a caller finds the lines its own request wrote.
+it to subscribers on the event loop. A background task (kblabs.store.buffered_writer)
+writes the list in batches (one transaction per `batch_size` rows) every
+`flush_interval_s` or as soon as a batch is full, through the store's async engine, so
+no request ever waits for it. While the database is unreachable rows stay in the list;
+beyond `max_pending` new rows are dropped and counted. Reads flush first, so a caller
+finds the lines its own request wrote.
 
 What is never persisted: records logged while this sink writes (its own warnings) and
 SQLAlchemy/driver records (with `store.echo` they would describe our own inserts: an
@@ -29,23 +30,22 @@ import json
 import math
 import secrets
 import threading
-import time
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy import ColumnElement, func, or_, select
 
 from kblabs.config import Settings
 from kblabs.observability import context
 from kblabs.observability.logging import redact_text
 from kblabs.store import Store
+from kblabs.store.buffered_writer import BufferedTableWriter, WriterTexts
 from kblabs.store.tables import log_records as table
 
 if TYPE_CHECKING:
@@ -66,9 +66,6 @@ LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
 MAX_MESSAGE = 16_000  # characters kept of a message
 MAX_FIELDS_JSON = 16_000  # characters of bound fields (JSON) kept; more is cut to a preview
 MAX_ID = 128
-PURGE_INTERVAL_S = 3600.0
-PURGE_CHUNK = 5000
-STOP_TIMEOUT_S = 10.0
 MAX_RELATED = 500
 SUBSCRIBER_QUEUE = 1000
 
@@ -226,8 +223,15 @@ class Subscriber:
 # --- the component ---------------------------------------------------------------------
 
 
-class LogStore:
+class LogStore(BufferedTableWriter):
     name = "log-store"
+    table = table
+    texts = WriterTexts(
+        "log store",
+        "records",
+        writing_again="writing log records again",
+        dropped_while_full="{} records were dropped (buffer full)",
+    )
 
     def __init__(
         self,
@@ -239,33 +243,24 @@ class LogStore:
         max_pending: int = 10_000,
     ) -> None:
         observability = settings.observability
-        self.store = store
+        super().__init__(
+            store,
+            flush_interval_s=flush_interval_s,
+            chunk_size=batch_size,
+            max_pending=max_pending,
+            retention_days=observability.log_retention_days,
+        )
         self.persist = observability.log_persist_level != "off"
         self.capture_level = (
             LEVELS[observability.log_persist_level] if self.persist else LEVELS["info"]
         )
-        self.retention_days = observability.log_retention_days
         size = observability.log_buffer_size
         self.ring: deque[dict[str, Any]] | None = deque(maxlen=size) if size else None
-        self.flush_interval_s = flush_interval_s
-        self.batch_size = batch_size
-        self.max_pending = max_pending
-        self.written = 0
-        self.dropped = 0
-        self.failed_flushes = 0
-        self.purged = 0
-        self.last_error: str | None = None
-        self._dropped_since_warning = 0
-        self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()  # the sink may run in any thread
-        self._flush_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._ring_lock = threading.Lock()  # the sink may run in any thread
+        self.batch_size = batch_size  # a full batch wakes the writer
         self._handler_id: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._stopping = False
-        self._next_purge = 0.0
         self.subscribers: set[Subscriber] = set()
         self.draining = asyncio.Event()
 
@@ -278,7 +273,6 @@ class LogStore:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._stopping = False
         self.draining.clear()
         if self.persist or self.ring is not None:
             self._handler_id = logger.add(
@@ -290,7 +284,7 @@ class LogStore:
                 catch=True,
             )
         if self.persist:
-            self._task = asyncio.create_task(self._run(), name="log-store")
+            self._start_writer("log-store")
 
     async def stop(self) -> None:
         if self._handler_id is not None:
@@ -298,24 +292,12 @@ class LogStore:
                 logger.remove(self._handler_id)
             self._handler_id = None
         await self.drain()
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
-        if self.persist:
-            await self.flush()
-            if self._pending:
-                logger.warning(
-                    "log store: {} records could not be written before shutdown: {}",
-                    len(self._pending),
-                    self.last_error,
-                )
+        if unwritten := await self._stop_writer():
+            logger.warning(
+                "log store: {} records could not be written before shutdown: {}",
+                unwritten,
+                self.last_error,
+            )
 
     async def drain(self) -> None:
         """Shutdown began: live streams end now instead of holding the drain."""
@@ -368,17 +350,11 @@ class LogStore:
             "namespace_id": _first(extra, NAMESPACE_KEYS, 64),
             "fields": _fields(fields) if fields else None,
         }
-        wake = False
-        with self._lock:
-            if self.ring is not None:
+        if self.ring is not None:
+            with self._ring_lock:
                 self.ring.append(row)
-            if self.persist:
-                if len(self._pending) >= self.max_pending:
-                    self.dropped += 1
-                    self._dropped_since_warning += 1
-                else:
-                    self._pending.append(row)
-                    wake = len(self._pending) == self.batch_size
+        # a full buffer drops the row (counted); exactly a batch waiting wakes the writer
+        wake = self.persist and self._enqueue(row) == self.batch_size
         if self.subscribers or wake:
             self._on_loop(self._deliver, row, wake)
 
@@ -418,105 +394,26 @@ class LogStore:
         """The last `count` buffered records `subscriber` accepts, oldest first."""
         if self.ring is None or count <= 0:
             return []
-        with self._lock:
+        with self._ring_lock:
             rows = list(self.ring)
         return [row for row in rows if subscriber.accepts(row)][-count:]
 
     # --- writing ---------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-            self._wake.clear()
-            if self._stopping:
-                return  # stop() writes the rest
-            await self.flush()
-            if time.monotonic() >= self._next_purge:
-                self._next_purge = time.monotonic() + PURGE_INTERVAL_S
-                await self._purge()
-
     async def flush(self) -> None:
         """Write every waiting row now (a batch per transaction). Never raises."""
-        if not self.persist:
-            return
-        async with self._flush_lock:
-            while True:
-                with self._lock:
-                    batch = self._pending[: self.batch_size]
-                    del self._pending[: len(batch)]
-                if not batch:
-                    break
-                token = _writing.set(True)
-                try:
-                    self.written += await self._write(batch)
-                except Exception as exc:  # unreachable database: keep them, retry later
-                    with self._lock:
-                        self._pending[0:0] = batch
-                    self.failed_flushes += 1
-                    if self.last_error is None:
-                        logger.warning(
-                            "log store: cannot write {} records, keeping them: {}",
-                            len(self._pending),
-                            _short(exc),
-                        )
-                    self.last_error = _short(exc)
-                    return
-                finally:
-                    _writing.reset(token)
-            if self.last_error is not None:
-                self.last_error = None
-                logger.info("log store: writing log records again")
-            if self._dropped_since_warning:
-                dropped, self._dropped_since_warning = self._dropped_since_warning, 0
-                logger.warning("log store: {} records were dropped (buffer full)", dropped)
+        if self.persist:
+            await super().flush()
 
-    async def _write(self, batch: list[dict[str, Any]]) -> int:
-        try:
-            async with self.store.engine.begin() as connection:
-                await connection.execute(insert(table), batch)
-            return len(batch)
-        except (IntegrityError, DataError):
-            pass  # one bad row (or rows already written by a retried batch): one by one
-        written = 0
-        for row in batch:
-            try:
-                async with self.store.engine.begin() as connection:
-                    await connection.execute(insert(table), [row])
-                written += 1
-            except (IntegrityError, DataError):
-                self.dropped += 1
-        return written
-
-    async def _purge(self) -> None:
-        cutoff = datetime.now(UTC) - timedelta(days=self.retention_days)
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        # records logged while we write or purge (a failed write's warning) are not
+        # persisted: writing them could log again, without end
         token = _writing.set(True)
         try:
-            deleted = await self.purge_older_than(cutoff)
-        except Exception as exc:
-            logger.warning("log store: retention pass failed: {}", _short(exc))
-            return
+            yield
         finally:
             _writing.reset(token)
-        if deleted:
-            logger.info(
-                "log store: deleted {} records older than {} days", deleted, self.retention_days
-            )
-
-    async def purge_older_than(self, cutoff: datetime) -> int:
-        """Delete records before `cutoff`, a chunk per transaction; returns how many."""
-        deleted = 0
-        while True:
-            chunk = select(table.c.id).where(table.c.ts < _utc(cutoff)).limit(PURGE_CHUNK)
-            async with self.store.engine.begin() as connection:
-                result = await connection.execute(
-                    delete(table).where(table.c.id.in_(chunk.scalar_subquery()))
-                )
-            count = max(int(result.rowcount or 0), 0)
-            deleted += count
-            self.purged += count
-            if count < PURGE_CHUNK:
-                return deleted
 
     # --- reading ---------------------------------------------------------------------
 
@@ -663,8 +560,3 @@ def _utc(value: datetime) -> datetime:
 
 def _iso(value: datetime) -> str:
     return _utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -4,11 +4,13 @@ Despite the upstream name this writes through the Store's engine, so it is SQLit
 default and PostgreSQL when `store.url` points there.
 
 `track` never touches the database: it checks the event, copies it (JSON) and appends
-it to an in-memory buffer. A background task writes the buffer in one transaction when
-`batchSize` events are waiting or `flushIntervalMs` has passed, and `stop` writes what
-is left. `track` never raises: a malformed event, or one that arrives while the buffer
-holds `maxBufferSize` events (the database is down), is dropped with a warning. While
-writes fail the events stay buffered and the component reports itself degraded.
+it to an in-memory buffer. A background task (kblabs.store.buffered_writer) writes the
+buffer, a transaction per 1000 events, when `batchSize` events are waiting or
+`flushIntervalMs` has passed, and `stop` writes what is left. `track` never raises: a
+malformed event, or one that arrives while the buffer holds `maxBufferSize` events (the
+database is down), is dropped with a warning. While writes fail the events stay
+buffered and the component reports itself degraded; an event the database refuses is
+dropped with a warning and does not hold back the others.
 Reads (`get_events`, `get_stats`) flush first, so a caller sees its own events.
 
 `aggregate` groups one adapter's events (a type prefix) by period (hour, day, week,
@@ -20,11 +22,8 @@ daily-stats answers (`get_usage`, `get_daily_stats`). Events older than
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ from typing import Any
 
 from loguru import logger
 from pydantic import Field
-from sqlalchemy import ColumnElement, delete, func, insert, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy import ColumnElement, func, select
 
 import kblabs
 from kblabs.observability import context
@@ -48,15 +46,13 @@ from kblabs.platform.interfaces import (
 )
 from kblabs.platform.options import AdapterOptions
 from kblabs.store import Store
+from kblabs.store.buffered_writer import BufferedTableWriter, Row, WriterTexts, short_error
 from kblabs.store.tables import analytics_events as events_table
 
 SCHEMA = "kb.v1"
 MAX_TYPE_LENGTH = 256  # the column sizes: longer values are refused at `track`
 MAX_ID_LENGTH = 64
 INSERT_CHUNK = 1000
-STOP_TIMEOUT_S = 10.0
-PURGE_INTERVAL_S = 3600.0  # retention: how often old events are looked for
-PURGE_CHUNK = 5000  # rows per delete transaction (short write locks on SQLite)
 GROUP_BY = ("hour", "day", "week", "month")
 MAX_AGGREGATE_ROWS = 10_000
 _INF = float("inf")
@@ -74,69 +70,53 @@ class InvalidEvent(ValueError):
     pass
 
 
-class SqlAnalytics:
+class SqlAnalytics(BufferedTableWriter):
+    table = events_table
+    texts = WriterTexts("analytics", "events", stop_timed_out=True)
+
     def __init__(self, store: Store, options: SqlAnalyticsOptions | None = None) -> None:
         options = options or SqlAnalyticsOptions()
-        self.store = store
-        self.batch_size = options.batch_size
-        self.flush_interval_s = options.flush_interval_ms / 1000
-        self.max_buffer_size = options.max_buffer_size
+        observability = getattr(getattr(store, "settings", None), "observability", None)
+        super().__init__(
+            store,
+            flush_interval_s=options.flush_interval_ms / 1000,
+            chunk_size=INSERT_CHUNK,
+            max_pending=options.max_buffer_size,
+            retention_days=getattr(observability, "analytics_retention_days", None),
+        )
+        self.batch_size = options.batch_size  # this many waiting wake the writer
         self.default_source: EventSource = {
             "product": options.product,
             "version": kblabs.__version__,
         }
-        self._buffer: list[dict[str, Any]] = []
-        self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self.last_error: str | None = None  # set while writes fail
-        self.written = 0
-        self.dropped = 0
-        self.failed_flushes = 0
-        self._dropped_since_warning = 0
-        observability = getattr(getattr(store, "settings", None), "observability", None)
-        self.retention_days: int | None = getattr(observability, "analytics_retention_days", None)
-        self.purged = 0
-        self._next_purge = 0.0  # monotonic time of the next retention pass (0: soon)
+
+    @property
+    def max_buffer_size(self) -> int:
+        return self.max_pending
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._stopping = False
-        self._task = asyncio.create_task(self._run(), name="analytics-flush")
+        self._start_writer("analytics-flush")
 
     async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                # shield: on timeout, cancel it ourselves below (and wait for that)
-                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
-            except TimeoutError:  # a hung write: abandon it, try once more below
-                logger.warning("analytics: the flush task did not stop in time")
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            self._task = None
-        await self.flush()
-        if self._buffer:
+        if lost := await self._stop_writer():
             logger.error(
                 "analytics: {} events could not be written before shutdown and are lost: {}",
-                len(self._buffer),
+                lost,
                 self.last_error,
             )
 
     def health(self) -> tuple[str, str]:
         if self.last_error:
             return "degraded", (
-                f"analytics cannot write events ({len(self._buffer)} buffered): {self.last_error}"
+                f"analytics cannot write events ({len(self._pending)} buffered): {self.last_error}"
             )
         return "ok", "analytics writing to the store"
 
     def stats(self) -> dict[str, int]:
         return {
-            "buffered": len(self._buffer),
+            "buffered": len(self._pending),
             "written": self.written,
             "dropped": self.dropped,
             "failedFlushes": self.failed_flushes,
@@ -145,7 +125,7 @@ class SqlAnalytics:
     def buffer_status(self) -> dict[str, Any]:
         """GET /api/v1/analytics/buffer/status: the in-memory write buffer."""
         return {
-            "size": len(self._buffer),
+            "size": len(self._pending),
             "maxSize": self.max_buffer_size,
             "batchSize": self.batch_size,
             "flushIntervalMs": round(self.flush_interval_s * 1000),
@@ -162,46 +142,9 @@ class SqlAnalytics:
         return {
             "size": 0,
             "dropped": self.dropped,
-            "retrying": len(self._buffer) if self.last_error else 0,
+            "retrying": len(self._pending) if self.last_error else 0,
             "lastError": self.last_error,
         }
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-            self._wake.clear()
-            if self._stopping:
-                return  # stop() writes the rest
-            await self.flush()
-            if self.retention_days and time.monotonic() >= self._next_purge:
-                self._next_purge = time.monotonic() + PURGE_INTERVAL_S
-                await self._purge(self.retention_days)
-
-    async def _purge(self, days: int) -> None:
-        try:
-            deleted = await self.purge_older_than(datetime.now(UTC) - timedelta(days=days))
-        except Exception as exc:  # retention waits for the next pass
-            logger.warning("analytics: retention pass failed: {}", _short(exc))
-            return
-        if deleted:
-            logger.info("analytics: deleted {} events older than {} days", deleted, days)
-
-    async def purge_older_than(self, cutoff: datetime) -> int:
-        """Delete events whose `ts` is before `cutoff`, a chunk per transaction."""
-        table = events_table.c
-        deleted = 0
-        while True:
-            chunk = select(table.id).where(table.ts < to_utc(cutoff)).limit(PURGE_CHUNK)
-            async with self.store.engine.begin() as connection:
-                result = await connection.execute(
-                    delete(events_table).where(table.id.in_(chunk.scalar_subquery()))
-                )
-            count = max(int(result.rowcount or 0), 0)
-            deleted += count
-            self.purged += count
-            if count < PURGE_CHUNK:
-                return deleted
 
     # --- writing ---------------------------------------------------------------------
 
@@ -223,19 +166,16 @@ class SqlAnalytics:
             self.dropped += 1
             logger.warning("analytics: dropped an invalid {!r} event: {}", type, exc)
             return
-        if len(self._buffer) >= self.max_buffer_size:
-            self.dropped += 1
-            self._dropped_since_warning += 1
+        waiting = self._enqueue(row)
+        if waiting is None:  # dropped and counted; said once until the next flush
             if self._dropped_since_warning == 1:
                 logger.warning(
                     "analytics: buffer full ({} events, writes failing: {}); dropping new events",
-                    len(self._buffer),
+                    len(self._pending),
                     self.last_error or "no",
                 )
-            return
-        self._buffer.append(row)
-        if len(self._buffer) >= self.batch_size and self.last_error is None:
-            self._wake.set()
+        elif waiting >= self.batch_size and self.last_error is None:
+            self._wake.set()  # while writes fail, the interval paces the retries
 
     def _row(
         self,
@@ -279,58 +219,13 @@ class SqlAnalytics:
             "payload": _json_copy(payload),
         }
 
-    async def flush(self) -> None:
-        async with self._lock:
-            while self._buffer:
-                batch = self._buffer[:INSERT_CHUNK]
-                try:
-                    written = await self._write(batch)
-                except Exception as exc:  # the database is unreachable: keep, retry later
-                    self.failed_flushes += 1
-                    if self.last_error is None:
-                        logger.warning(
-                            "analytics: cannot write {} events, keeping them: {}",
-                            len(self._buffer),
-                            _short(exc),
-                        )
-                    self.last_error = _short(exc)
-                    return
-                del self._buffer[: len(batch)]
-                self.written += written
-            if self.last_error is not None:
-                logger.info("analytics: writing events again")
-                self.last_error = None
-            if self._dropped_since_warning:
-                logger.warning(
-                    "analytics: {} events were dropped while the buffer was full",
-                    self._dropped_since_warning,
-                )
-                self._dropped_since_warning = 0
+    def _on_batch_refused(self, exc: Exception) -> None:
+        logger.warning("analytics: batch refused ({}); writing one by one", short_error(exc))
 
-    async def _write(self, batch: list[dict[str, Any]]) -> int:
-        """Insert the batch in one transaction; returns how many rows were written."""
-        try:
-            await self._insert(batch)
-            return len(batch)
-        except (IntegrityError, DataError) as exc:
-            # The batch itself is bad: a row the database refuses, or a retry of rows
-            # already written. Write row by row and drop the refused ones.
-            logger.warning("analytics: batch refused ({}); writing one by one", _short(exc))
-        written = 0
-        for row in batch:
-            try:
-                await self._insert([row])
-                written += 1
-            except (IntegrityError, DataError) as exc:
-                self.dropped += 1
-                logger.warning(
-                    "analytics: dropped event {} ({}): {}", row["id"], row["type"], _short(exc)
-                )
-        return written
-
-    async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        async with self.store.engine.begin() as connection:
-            await connection.execute(insert(events_table), rows)
+    def _on_row_refused(self, row: Row, exc: Exception) -> None:
+        logger.warning(
+            "analytics: dropped event {} ({}): {}", row["id"], row["type"], short_error(exc)
+        )
 
     # --- reading ---------------------------------------------------------------------
 
@@ -671,8 +566,3 @@ def _json_copy(value: Any) -> Any:
     ):
         return dict(value)  # flat and plain (usage events): a shallow copy is a deep one
     return json.loads(json.dumps(value, default=str, allow_nan=False))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
