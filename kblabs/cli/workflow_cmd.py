@@ -74,9 +74,10 @@ def register(commands) -> None:
         "--input",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
+        metavar="KEY=VALUE|@FILE",
         dest="inputs",
-        help="an input (repeatable; the server converts to the declared type)",
+        help="an input, or @FILE: a JSON object of inputs (repeatable, later ones win; "
+        "the server converts values to the declared types)",
     )
     run.add_argument("--inputs-json", metavar="JSON", help="inputs as a JSON object")
     run.add_argument("--idempotency-key", metavar="KEY", help="start at most one run per key")
@@ -113,6 +114,17 @@ def register(commands) -> None:
 
     pending = action("approvals", "steps of a run waiting for approval", _approvals)
     pending.add_argument("run_id", metavar="RUN_ID")
+
+    crons = action("crons", "cron schedules: list them, or trigger|pause|resume|delete one", _crons)
+    crons.add_argument(
+        "cron_action",
+        nargs="?",
+        default="list",
+        choices=CRON_ACTIONS,
+        metavar="ACTION",
+        help=f"{'|'.join(CRON_ACTIONS)} (default: list)",
+    )
+    crons.add_argument("cron_id", nargs="?", metavar="ID", help="the schedule (all but list)")
 
     check = actions.add_parser(
         "validate", help="check workflow files here, no server needed (exit 2 on problems)"
@@ -265,9 +277,12 @@ async def _run(ctx: CliContext, api: Api) -> ExitCode:
         if not isinstance(inputs, dict):
             raise ApiError("USAGE", "--inputs-json must be a JSON object")
     for pair in args.inputs:
+        if pair.startswith("@"):
+            inputs.update(_inputs_file(pair[1:]))
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ApiError("USAGE", f"--input takes KEY=VALUE, not {pair!r}")
+            raise ApiError("USAGE", f"--input takes KEY=VALUE or @FILE, not {pair!r}")
         inputs[key] = value
     body: dict[str, Any] = {"inputs": inputs}
     if args.idempotency_key:
@@ -275,6 +290,21 @@ async def _run(ctx: CliContext, api: Api) -> ExitCode:
     path = f"/api/v1/workflows/{_q(args.workflow_id, safe='/:@')}/runs"
     started = await api.call("POST", path, body=body)
     return await _started(ctx, api, started)
+
+
+def _inputs_file(name: str) -> dict[str, Any]:
+    """`--input @FILE`: a JSON object of inputs (values keep their JSON types)."""
+    from pathlib import Path
+
+    try:
+        inputs = json.loads(Path(name).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ApiError("USAGE", f"--input @{name}: cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ApiError("USAGE", f"--input @{name}: not JSON: {exc}") from None
+    if not isinstance(inputs, dict):
+        raise ApiError("USAGE", f"--input @{name}: must hold a JSON object of inputs")
+    return inputs
 
 
 async def _started(ctx: CliContext, api: Api, started: dict[str, Any]) -> ExitCode:
@@ -732,6 +762,64 @@ class Watch:
 
 
 # --- rendering -------------------------------------------------------------------------------
+
+
+# --- crons -----------------------------------------------------------------------------------
+
+CRON_ACTIONS = ("list", "trigger", "pause", "resume", "delete")
+
+
+async def _crons(ctx: CliContext, api: Api) -> ExitCode:
+    what, cron_id = ctx.args.cron_action, ctx.args.cron_id
+    if what == "list":
+        if cron_id:
+            raise ApiError("USAGE", "crons list takes no ID")
+        return await _list_crons(ctx, api)
+    if not cron_id:
+        raise ApiError("USAGE", f"crons {what} needs the schedule's ID (see: workflow crons)")
+    path = f"/api/v1/crons/{_q(cron_id, safe=':@')}"
+    if what == "delete":
+        data = await api.call("DELETE", path)
+    else:
+        data = await api.call("POST", f"{path}/{what}")
+    said = {
+        "trigger": f"triggered {cron_id}: run {data.get('runId')}",
+        "pause": f"paused {cron_id}",
+        "resume": f"resumed {cron_id}",
+        "delete": f"deleted {cron_id}",
+    }[what]
+    ctx.output.result({"ok": True, **data}, lambda console: console.print(said, markup=False))
+    return ExitCode.OK
+
+
+async def _list_crons(ctx: CliContext, api: Api) -> ExitCode:
+    data = await api.call("GET", "/api/v1/crons")
+    crons = data.get("crons", [])
+
+    def human(console: Console) -> None:
+        from rich.table import Table
+
+        table = Table(box=None)
+        table.add_column("id", no_wrap=True, min_width=_widest(crons, "id"))
+        for column in ("schedule", "timezone", "state", "catch-up", "next run", "last run"):
+            table.add_column(column)
+        for cron in crons:
+            state = "enabled" if cron.get("enabled") else "paused"
+            table.add_row(
+                cron.get("id", ""),
+                cron.get("schedule") or "",
+                cron.get("timezone") or "",
+                _status(state, enabled="green", paused="yellow"),
+                cron.get("catchUp") or "none",
+                _when(cron.get("nextRun")),
+                _when(cron.get("lastRun")),
+            )
+        _print_table(console, table)
+        if not crons:
+            console.print("no cron schedules (on.schedule in a workflow, or POST /api/v1/crons)")
+
+    ctx.output.result({"ok": True, **data}, human)
+    return ExitCode.OK
 
 
 def _status(status: str, **styles: str) -> Text:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import LiveServer, base_env, free_port, run_cli
@@ -307,6 +308,66 @@ def test_cancel_and_rerun(server: LiveServer) -> None:
     rerun = cli_json(server, "workflow", "rerun", rerun_id)
     assert rerun["ok"] is True and rerun["rerunOf"] == rerun_id and rerun["status"] == "queued"
     cli_json(server, "workflow", "cancel", rerun["runId"])
+
+
+def test_inputs_from_a_json_file(server: LiveServer) -> None:
+    inputs = server.project / "inputs.json"
+    inputs.write_text(json.dumps({"who": "a file"}))
+    waited = cli_json(server, "workflow", "run", "hello", "--input", f"@{inputs}", "--wait")
+    assert waited["status"] == "success" and waited["run"]["inputs"] == {"who": "a file"}
+    later_wins = cli_json(
+        server, "workflow", "run", "hello", "--input", f"@{inputs}", "--input", "who=pair"
+    )
+    assert cli_json(server, "workflow", "show", later_wins["runId"])["run"]["inputs"] == {
+        "who": "pair"
+    }
+    inputs.write_text("[1, 2]")
+    for bad, said in (
+        (f"@{inputs}", "must hold a JSON object of inputs"),
+        ("@no-such-file.json", "cannot read it"),
+    ):
+        refused = cli(server, "workflow", "run", "hello", "--input", bad)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert said in refused.stderr
+
+
+def test_crons_list_trigger_pause_resume_delete(server: LiveServer) -> None:
+    empty = cli(server, "workflow", "crons")
+    assert empty.returncode == 0, empty.stderr
+    assert "no cron schedules" in empty.stdout
+    body = {"id": "tidy", "schedule": "0 4 * * *", "jobType": "builtin:noop", "catchUp": "latest"}
+    created = httpx.post(f"{server.url}/api/v1/crons", json=body, headers=server.auth)
+    assert created.status_code == 201, created.text
+
+    listed = cli(server, "workflow", "crons")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert rows[0][:4] == ["id", "schedule", "timezone", "state"]
+    assert rows[1][:8] == ["tidy", "0", "4", "*", "*", "*", "UTC", "enabled"]
+    assert "latest" in rows[1]
+    (tidy,) = cli_json(server, "workflow", "crons")["crons"]
+    assert tidy["id"] == "tidy" and tidy["catchUp"] == "latest"
+
+    paused = cli(server, "workflow", "crons", "pause", "tidy")
+    assert paused.returncode == 0 and paused.stdout.strip() == "paused tidy", paused.stderr
+    assert cli_json(server, "workflow", "crons")["crons"][0]["enabled"] is False
+    triggered = cli_json(server, "workflow", "crons", "trigger", "tidy")
+    assert triggered["triggered"] is True
+    run = cli_json(server, "workflow", "show", triggered["runId"])["run"]
+    assert run["trigger"]["type"] == "manual"
+    resumed = cli(server, "workflow", "crons", "resume", "tidy")
+    assert resumed.stdout.strip() == "resumed tidy", resumed.stderr
+    deleted = cli(server, "workflow", "crons", "delete", "tidy")
+    assert deleted.stdout.strip() == "deleted tidy", deleted.stderr
+    assert cli_json(server, "workflow", "crons")["crons"] == []
+
+    no_id = cli(server, "workflow", "crons", "pause")
+    assert no_id.returncode == 2 and "crons pause needs the schedule's ID" in no_id.stderr
+    unknown = cli(server, "workflow", "crons", "trigger", "nope")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "CRON_NOT_FOUND: Cron job not found: nope"
+    wrong = cli(server, "workflow", "crons", "explode", "tidy")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
 
 
 def test_server_errors_are_code_and_message(server: LiveServer) -> None:
