@@ -114,6 +114,9 @@ class Tracked:
         except Exception as exc:  # track() must not raise; a foreign adapter might
             logger.warning("usage: could not record {}: {}", type, exc)
 
+    async def flush_usage(self) -> None:
+        """Record what this proxy holds back (only the cache's tally does)."""
+
     async def _failed(
         self, method: str, exc: Exception, started: float, fields: dict[str, Any]
     ) -> None:
@@ -349,7 +352,7 @@ async def flush_usage(adapters: Iterable[Any]) -> None:
     """Record what the usage proxies among `adapters` have tallied (before analytics is
     read, and before the adapters stop)."""
     for adapter in adapters:
-        if isinstance(adapter, TrackedCache):
+        if isinstance(adapter, Tracked):
             await adapter.flush_usage()
 
 
