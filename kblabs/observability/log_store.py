@@ -45,7 +45,7 @@ from kblabs.config import Settings
 from kblabs.observability import context
 from kblabs.observability.logging import redact_text
 from kblabs.store import Store
-from kblabs.store.buffered_writer import BufferedTableWriter, WriterTexts
+from kblabs.store.buffered_writer import BufferedTableWriter, WriterTexts, to_utc
 from kblabs.store.tables import log_records as table
 
 if TYPE_CHECKING:
@@ -159,9 +159,9 @@ def conditions(query: LogQuery) -> list[ColumnElement[bool]]:
     if query.namespace_id is not None:
         where.append(c.namespace_id == query.namespace_id)
     if query.from_ts is not None:
-        where.append(c.ts >= _utc(query.from_ts))
+        where.append(c.ts >= to_utc(query.from_ts))
     if query.to_ts is not None:
-        where.append(c.ts <= _utc(query.to_ts))
+        where.append(c.ts <= to_utc(query.to_ts))
     if query.min_level is not None:
         where.append(c.level_no >= query.min_level)
     if query.levels:
@@ -554,9 +554,5 @@ def _level_name(number: int) -> str:
     return next((name for name, no in LEVELS.items() if no == number), str(number))
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _iso(value: datetime) -> str:
-    return _utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return to_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")

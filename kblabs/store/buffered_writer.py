@@ -251,7 +251,7 @@ class BufferedTableWriter:
     async def purge_older_than(self, cutoff: datetime) -> int:
         """Delete rows whose `ts` is before `cutoff` (naive: UTC), a chunk per
         transaction; returns how many."""
-        cutoff = cutoff.replace(tzinfo=UTC) if cutoff.tzinfo is None else cutoff.astimezone(UTC)
+        cutoff = to_utc(cutoff)
         column = self.table.c
         deleted = 0
         while True:
@@ -271,3 +271,10 @@ def short_error(exc: BaseException) -> str:
     """The exception's type and first line (the driver's own message when wrapped)."""
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def to_utc(value: datetime) -> datetime:
+    """Aware UTC. A naive datetime is taken to be UTC already (SQLite returns those)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

@@ -41,11 +41,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(value: datetime) -> datetime:
+    """A stored time with its zone: SQLite hands datetimes back naive, and they are UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with its offset (SQLite hands datetimes back without a zone)."""
+    """ISO 8601 in UTC with its offset."""
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return aware(value).isoformat()
 
 
 class Tx:

@@ -33,7 +33,7 @@ from kblabs.store.service import begin_write
 from kblabs.store.tables import workflow_jobs as jobs
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.store.tables import workflow_steps as steps
-from kblabs.workflow.journal import Tx, in_tx, now, write
+from kblabs.workflow.journal import Tx, aware, in_tx, now, write
 
 LEASE = timedelta(seconds=30)
 ACTIVE_RUN = ("queued", "running")
@@ -145,35 +145,21 @@ STEPS_OF_RUN = (
     .where(steps.c.run_id == bindparam("b_run"))
     .order_by(steps.c.job_id, steps.c.section, steps.c.idx)
 )
-HEARTBEAT = (
-    update(jobs)
-    .where(
-        jobs.c.id == bindparam("b_job"),
-        jobs.c.lease_token == bindparam("b_token"),
-        jobs.c.status == "running",
-    )
-    .values(lease_expires_at=bindparam("b_expires"))
+# this job, still running under our lease token
+_STILL_OURS = and_(
+    jobs.c.id == bindparam("b_job"),
+    jobs.c.lease_token == bindparam("b_token"),
+    jobs.c.status == "running",
 )
+NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_token": None, "lease_expires_at": None}
+HEARTBEAT = update(jobs).where(_STILL_OURS).values(lease_expires_at=bindparam("b_expires"))
 CANCEL_FLAGS = (
     select(jobs.c.cancel_requested, runs.c.cancel_requested.label("run_cancel"))
     .select_from(_JOINED)
     .where(jobs.c.id == bindparam("b_job"))
 )
-RELEASE = (
-    update(jobs)
-    .where(
-        jobs.c.id == bindparam("b_job"),
-        jobs.c.lease_token == bindparam("b_token"),
-        jobs.c.status == "running",
-    )
-    .values(
-        status="queued",
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
-        available_at=bindparam("b_stamp"),
-    )
-)
+_REQUEUED: dict[str, Any] = {"status": "queued", **NO_LEASE, "available_at": bindparam("b_stamp")}
+RELEASE = update(jobs).where(_STILL_OURS).values(**_REQUEUED)
 REQUEUE_RUNNING_STEPS = (  # the interrupted step runs again
     update(steps)
     .where(steps.c.job_id == bindparam("b_job"), steps.c.status == "running")
@@ -185,24 +171,12 @@ EXPIRED = select(jobs.c.id, jobs.c.run_id, jobs.c.cancel_requested).where(
 REQUEUE_EXPIRED = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_job"), jobs.c.status == "running")
-    .values(
-        status="queued",
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
-        available_at=bindparam("b_stamp"),
-    )
+    .values(**_REQUEUED)
 )
 CLOSE_CANCELLED = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_job"))
-    .values(
-        status="cancelled",
-        finished_at=bindparam("b_stamp"),
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
-    )
+    .values(status="cancelled", finished_at=bindparam("b_stamp"), **NO_LEASE)
 )
 
 
@@ -337,7 +311,7 @@ class JobQueue:
                     )
                 )
             ).one()
-        age = (stamp - _aware(oldest)).total_seconds() if oldest is not None else None
+        age = (stamp - aware(oldest)).total_seconds() if oldest is not None else None
         return int(count), age
 
 
@@ -387,9 +361,3 @@ def _close_cancelled(tx: Tx, job_id: str, run_id: str, stamp: datetime) -> None:
     tx.execute(CLOSE_CANCELLED, {"b_job": job_id, "b_stamp": stamp})
     close_steps(tx, job_id, "cancelled")
     tx.event(run_id, "job.cancelled", {"jobName": job_id.split(":", 1)[1]}, job_id=job_id)
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

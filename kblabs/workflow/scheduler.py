@@ -34,7 +34,7 @@ from kblabs.errors import KbError
 from kblabs.store import Store
 from kblabs.store.tables import leases
 from kblabs.store.tables import workflow_schedules as schedules
-from kblabs.workflow.journal import iso, now
+from kblabs.workflow.journal import aware, iso, now
 from kblabs.workflow.spec import cron_trigger
 
 if TYPE_CHECKING:
@@ -393,7 +393,7 @@ class Scheduler:
         fire), so start the latest fire since then, once, whatever the downtime."""
         if planned is None:  # new, or paused since: nothing was missed
             return
-        missed = latest_fire(trigger, _aware(planned), now())
+        missed = latest_fire(trigger, aware(planned), now())
         if missed is None:
             return
         # in UTC, as `_fired` names a fire: the key a live leader would have used
@@ -424,11 +424,6 @@ def _utc(when: datetime | None) -> datetime | None:
     from datetime import UTC
 
     return when.astimezone(UTC) if when is not None else None
-
-
-def _aware(when: datetime) -> datetime:
-    """SQLite hands datetimes back without a zone; they were stored in UTC."""
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def latest_fire(trigger: CronTrigger, since: datetime, until: datetime) -> datetime | None:

@@ -28,8 +28,8 @@ from kblabs.store.tables import workflow_approvals as approvals
 from kblabs.store.tables import workflow_jobs as jobs
 from kblabs.store.tables import workflow_runs as runs
 from kblabs.store.tables import workflow_steps as steps
-from kblabs.workflow.journal import Tx, now
-from kblabs.workflow.queue import Lease
+from kblabs.workflow.journal import Tx, aware, now
+from kblabs.workflow.queue import NO_LEASE, Lease
 from kblabs.workflow.spec import WorkflowSpec
 
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
@@ -116,9 +116,7 @@ RETRY_JOB = (
         status="queued",
         failures=jobs.c.failures + 1,
         available_at=bindparam("b_at"),
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
+        **NO_LEASE,
         error=bindparam("b_error"),
     )
 )
@@ -159,9 +157,7 @@ CANCEL_IDLE_JOBS = (
         jobs.c.run_id == bindparam("b_run"),
         jobs.c.status.in_(("queued", "blocked", "waiting")),
     )
-    .values(
-        status="cancelled", finished_at=bindparam("b_stamp"), lease_owner=None, lease_token=None
-    )
+    .values(status="cancelled", finished_at=bindparam("b_stamp"), **NO_LEASE)
 )
 IDLE_JOBS = select(jobs.c.id).where(
     jobs.c.run_id == bindparam("b_run"), jobs.c.status.in_(("queued", "blocked", "waiting"))
@@ -534,7 +530,7 @@ def settle_run(
 def finalize_run(tx: Tx, run: Any, status: str, error: dict[str, Any] | None) -> bool:
     stamp = now()
     started = run["started_at"] or run["created_at"]
-    duration = int((stamp - _aware(started)).total_seconds() * 1000)
+    duration = int((stamp - aware(started)).total_seconds() * 1000)
     result = tx.execute(
         FINALIZE_RUN,
         {
@@ -592,12 +588,6 @@ def settle_parent(tx: Tx, child: Any, status: str) -> None:
         step_id=step_id,
     )
     requeue_after_approval(tx, job_id)
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # --- cancelling --------------------------------------------------------------------------

@@ -46,7 +46,13 @@ from kblabs.platform.interfaces import (
 )
 from kblabs.platform.options import AdapterOptions
 from kblabs.store import Store
-from kblabs.store.buffered_writer import BufferedTableWriter, Row, WriterTexts, short_error
+from kblabs.store.buffered_writer import (
+    BufferedTableWriter,
+    Row,
+    WriterTexts,
+    short_error,
+    to_utc,
+)
 from kblabs.store.tables import analytics_events as events_table
 
 SCHEMA = "kb.v1"
@@ -528,13 +534,6 @@ def _event(row: Any) -> AnalyticsEvent:
         "ctx": row["ctx"],
         "payload": row["payload"],
     }
-
-
-def to_utc(value: datetime) -> datetime:
-    """Aware UTC. A naive datetime is taken to be UTC already (SQLite returns those)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def iso(value: datetime) -> str:
